@@ -53,3 +53,7 @@ class StoreError(TrustixError):
 
 class StoreCorruptError(StoreError):
     """The on-disk store disagrees with itself or with its signed checkpoint."""
+
+
+class NixStoreError(StoreError):
+    """A Nix store path, `.drv` file or the Nix store database cannot be read or queried."""
