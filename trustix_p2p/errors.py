@@ -57,3 +57,7 @@ class StoreCorruptError(StoreError):
 
 class NixStoreError(StoreError):
     """A Nix store path, `.drv` file or the Nix store database cannot be read or queried."""
+
+
+class NodeUnavailableError(TrustixError):
+    """The local node's control socket is absent, refuses, or does not answer in time."""
