@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from trustix_p2p.core.nix32 import ALPHABET
 from trustix_p2p.core.storepath import (
     StorePath,
+    is_valid_basename,
+    is_valid_store_path,
     parse_store_path,
     validate_basename,
     validate_name,
@@ -149,3 +151,31 @@ def test_arbitrary_text_is_either_a_valid_basename_or_a_decode_error(text: str):
     assert set(text[33:]) <= set(string.ascii_letters + string.digits + "+-._?=")
     assert 1 <= len(text[33:]) <= 211
     assert not text[33:].startswith(".")
+
+
+near_basenames = st.builds(
+    lambda h, sep, n: h + sep + n,
+    st.text(alphabet=ALPHABET + "eE", min_size=31, max_size=33),
+    st.sampled_from(["-", "_", ""]),
+    st.text(alphabet=NAME_CHARS + "/ \n.é", max_size=215),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.one_of(near_basenames, st.text(max_size=60)))
+def test_fast_checks_agree_with_the_step_by_step_parser(text: str):
+    try:
+        hash_part, name = text[:32], text[33:]
+        StorePath("/nix/store", hash_part, name)
+        slow = text[32:33] == "-"
+    except DecodeError:
+        slow = False
+    assert is_valid_basename(text) == slow
+    assert is_valid_store_path("/nix/store/" + text) == slow
+    assert is_valid_store_path("/nix/store" + text) is False or text.startswith("/")
+    try:
+        validate_basename(text)
+        accepted = True
+    except DecodeError:
+        accepted = False
+    assert accepted == slow

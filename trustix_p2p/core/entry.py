@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import NoReturn
 
 import attrs
 import msgpack
@@ -27,6 +28,8 @@ import msgpack
 from trustix_p2p.core.nix32 import format_nar_hash, parse_nar_hash
 from trustix_p2p.core.storepath import (
     DEFAULT_STORE_DIR,
+    is_valid_basename,
+    is_valid_store_path,
     parse_store_path,
     validate_basename,
 )
@@ -89,6 +92,15 @@ def _check_str(field: str, value: object) -> str:
     return value
 
 
+def _explain_store_path(field: str, text: str, store_dir: str) -> NoReturn:
+    # Only reached once the fast check failed: let the step-by-step parser say why.
+    try:
+        parse_store_path(text, store_dir)
+    except DecodeError as exc:
+        raise _field_error(field, str(exc)) from exc
+    raise _field_error(field, "is not a valid store path")
+
+
 def _validate_fields(
     out_path: object,
     nar_hash: object,
@@ -99,10 +111,9 @@ def _validate_fields(
     built_at: object,
     store_dir: str,
 ) -> None:
-    try:
-        parse_store_path(_check_str("out_path", out_path), store_dir)
-    except DecodeError as exc:
-        raise _field_error("out_path", str(exc)) from exc
+    out_path_text = _check_str("out_path", out_path)
+    if not is_valid_store_path(out_path_text, store_dir):
+        _explain_store_path("out_path", out_path_text, store_dir)
 
     if type(nar_hash) is not bytes:
         raise _field_error("nar_hash", f"must be bytes, not {type(nar_hash).__name__}")
@@ -117,10 +128,11 @@ def _validate_fields(
         raise _field_error("references", f"more than {MAX_REFERENCES} references")
     previous = ""
     for i, ref in enumerate(references):
-        try:
-            validate_basename(_check_str(f"references[{i}]", ref))
-        except DecodeError as exc:
-            raise _field_error(f"references[{i}]", str(exc)) from exc
+        if not is_valid_basename(_check_str(f"references[{i}]", ref)):
+            try:
+                validate_basename(ref)
+            except DecodeError as exc:
+                raise _field_error(f"references[{i}]", str(exc)) from exc
         # Code point order equals byte order here: store path names are ASCII.
         if i and ref <= previous:
             raise _field_error("references", "must be sorted and without duplicates")
@@ -128,11 +140,9 @@ def _validate_fields(
 
     deriver_text = _check_str("deriver", deriver)
     if deriver_text:
-        try:
-            drv = parse_store_path(deriver_text, store_dir)
-        except DecodeError as exc:
-            raise _field_error("deriver", str(exc)) from exc
-        if not drv.name.endswith(".drv"):
+        if not is_valid_store_path(deriver_text, store_dir):
+            _explain_store_path("deriver", deriver_text, store_dir)
+        if not deriver_text.endswith(".drv"):
             raise _field_error("deriver", "must be a .drv store path or empty")
 
     if not _OUTPUT_NAME_RE.fullmatch(_check_str("output_name", output_name)):

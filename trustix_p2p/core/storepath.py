@@ -24,6 +24,8 @@ __all__ = [
     "HASH_PART_LEN",
     "MAX_NAME_LEN",
     "StorePath",
+    "is_valid_basename",
+    "is_valid_store_path",
     "parse_store_path",
     "validate_basename",
     "validate_name",
@@ -36,6 +38,9 @@ MAX_NAME_LEN = 211
 _HASH_RE = re.compile(f"[{ALPHABET}]{{{HASH_PART_LEN}}}")
 # Same set as Nix's checkName; `\Z`-anchored via fullmatch so a trailing newline cannot slip by.
 _NAME_RE = re.compile(r"[A-Za-z0-9+\-._?=]{1,211}")
+# All of the rules at once, for the hot path (entry decoding); the step-by-step checks below
+# run only to explain a rejection.
+_BASENAME_RE = re.compile(f"[{ALPHABET}]{{{HASH_PART_LEN}}}-(?!\\.)[A-Za-z0-9+\\-._?=]{{1,211}}")
 
 
 def _show(text: str) -> str:
@@ -100,9 +105,26 @@ class StorePath:
         return self.path
 
 
+def is_valid_basename(text: str) -> bool:
+    """Whether `text` is a valid `<hash>-<name>`; the fast form of `validate_basename`."""
+    return _BASENAME_RE.fullmatch(text) is not None
+
+
+def is_valid_store_path(text: str, store_dir: str = DEFAULT_STORE_DIR) -> bool:
+    """Whether `text` is a valid store path in `store_dir` (fast, no explanation)."""
+    prefix_len = len(store_dir) + 1
+    return (
+        text.startswith(store_dir)
+        and text[prefix_len - 1 : prefix_len] == "/"
+        and _BASENAME_RE.fullmatch(text, prefix_len) is not None
+    )
+
+
 def validate_basename(text: str) -> str:
     """Check `<hash>-<name>` (a store path without its directory) and return it unchanged."""
-    _split_basename(text)
+    if not is_valid_basename(text):
+        _split_basename(text)  # raises, explaining which rule failed
+        raise DecodeError(f"store path base name {_show(text)} is invalid")
     return text
 
 
