@@ -1,0 +1,159 @@
+"""The LevelDB store: appends, proofs, indexes, checkpoints, integrity checks (real LevelDB)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests import factories as f
+from tests import merkle_reference as ref
+from trustix_p2p.core import merkle
+from trustix_p2p.core.checkpoint import Checkpoint, SignedCheckpoint, origin_for, sign_checkpoint
+from trustix_p2p.errors import LocalProtocolError, StoreCorruptError, StoreError, VerificationError
+from trustix_p2p.storage import Store
+
+KEY = f.key("alice")
+ORIGIN = origin_for(KEY.public_key.log_id())
+
+
+def signer(t: int = 1_700_000_000):
+    def sign(size: int, root: bytes) -> SignedCheckpoint:
+        return sign_checkpoint(Checkpoint(ORIGIN, size, root, t), KEY)
+
+    return sign
+
+
+def test_append_then_proofs_verify_against_the_signed_root(tmp_path: Path) -> None:
+    with Store(tmp_path / "db") as store:
+        log = store.open_log(KEY.public_key, own=True)
+        records = [f.record(i) for i in range(37)]
+        assert log.append(records, sign=signer()) == list(range(37))
+        cp = log.checkpoint()
+        assert cp is not None and cp.checkpoint.size == 37
+        assert cp.checkpoint.root == ref.mth([r.leaf for r in records])
+        for i in (0, 17, 36):
+            proof = log.inclusion_proof(i, 37)
+            merkle.verify_inclusion(i, 37, merkle.leaf_hash(records[i].leaf), proof,
+                                    cp.checkpoint.root)
+        for old in (1, 8, 20, 37):
+            merkle.verify_consistency(old, 37, log.consistency_proof(old, 37),
+                                      log.root(old), cp.checkpoint.root)
+
+
+def test_reopen_keeps_everything_and_continues_the_same_tree(tmp_path: Path) -> None:
+    leaves = [f.record(i) for i in range(50)]
+    with Store(tmp_path / "db") as store:
+        store.open_log(KEY.public_key, own=True).append(leaves[:30], sign=signer())
+    with Store(tmp_path / "db") as store:
+        log = store.open_log(KEY.public_key, own=True)
+        assert log.size == 30
+        log.append(leaves[30:], sign=signer())
+        assert log.root(50) == ref.mth([r.leaf for r in leaves])
+        assert log.verify().ok
+
+
+def test_identical_submissions_are_logged_once(tmp_path: Path) -> None:
+    with Store(tmp_path / "db") as store:
+        log = store.open_log(KEY.public_key, own=True)
+        assert log.append([f.record(1), f.record(2)], dedupe=True) == [0, 1]
+        assert log.append([f.record(2), f.record(3), f.record(3)], dedupe=True) == [1, 2, 2]
+        assert log.size == 3
+        assert log.verify().ok
+
+
+def test_lookup_finds_every_leaf_for_an_out_path(tmp_path: Path) -> None:
+    with Store(tmp_path / "db") as store:
+        log = store.open_log(KEY.public_key, own=True)
+        log.append([f.record(1), f.record(2), f.record(1, nar_seed="rebuild")])
+        assert log.lookup(f.entry(1).out_path) == [0, 2]
+        assert log.lookup(f.entry(2).out_path) == [1]
+        assert log.lookup(f.store_path("absent")) == []
+
+
+def test_a_checkpoint_with_the_wrong_root_writes_nothing(tmp_path: Path) -> None:
+    with Store(tmp_path / "db") as store:
+        log = store.open_log(KEY.public_key, own=True)
+        log.append([f.record(0)], sign=signer())
+        bad = sign_checkpoint(Checkpoint(ORIGIN, 2, bytes(32), 1), KEY)
+        with pytest.raises(VerificationError):
+            log.append([f.record(1)], checkpoint=bad)
+        assert log.size == 1
+        log.append([f.record(1)], sign=signer())
+        assert log.root(2) == ref.mth([f.leaf(0), f.leaf(1)])
+
+
+def test_a_smaller_checkpoint_after_a_larger_one_is_refused(tmp_path: Path) -> None:
+    with Store(tmp_path / "db") as store:
+        log = store.open_log(KEY.public_key, own=True)
+        log.append([f.record(i) for i in range(4)], sign=signer())
+        small = sign_checkpoint(Checkpoint(ORIGIN, 2, log.root(2), 1), KEY)
+        with pytest.raises(LocalProtocolError):
+            log.set_checkpoint(small)
+
+
+def test_many_logs_live_side_by_side(tmp_path: Path) -> None:
+    keys = [f.key(n) for n in ("a", "b", "c")]
+    with Store(tmp_path / "db") as store:
+        for n, k in enumerate(keys):
+            store.open_log(k.public_key, own=(n == 0)).append([f.record(i) for i in range(n + 2)])
+        assert {store.log(k.public_key.log_id()).size for k in keys} == {2, 3, 4}
+        assert store.own_log_id() == keys[0].public_key.log_id()
+        with pytest.raises(StoreError):
+            store.open_log(keys[1].public_key, own=True)
+
+
+def _flip_value(db_path: Path, key: bytes) -> None:
+    import plyvel
+
+    db = plyvel.DB(str(db_path))
+    value = bytearray(db.get(key))
+    value[0] ^= 0x01
+    db.put(key, bytes(value))
+    db.close()
+
+
+def _node_key(store: Store, log_id: bytes, level: int, index: int) -> bytes:
+    num = store.db.get(b"I" + log_id)
+    return b"L" + num + bytes((level,)) + index.to_bytes(8, "big")
+
+
+def test_a_flipped_byte_in_a_stored_subtree_hash_is_detected(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    with Store(db) as store:
+        log = store.open_log(KEY.public_key, own=True)
+        log.append([f.record(i) for i in range(16)], sign=signer())
+        inner = _node_key(store, log.log_id, 1, 2)  # not on the right edge
+        edge = _node_key(store, log.log_id, 4, 0)  # the root of the 16-leaf tree
+    _flip_value(db, inner)
+    with Store(db) as store:
+        report = store.log(KEY.public_key.log_id()).verify()
+        assert not report.ok
+        assert any("node (1, 2)" in p for p in report.problems)
+    _flip_value(db, inner)
+    _flip_value(db, edge)
+    with Store(db) as store, pytest.raises(StoreCorruptError):
+        store.open_log(KEY.public_key, own=True)
+
+
+def test_a_damaged_leaf_is_detected(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    with Store(db) as store:
+        log = store.open_log(KEY.public_key, own=True)
+        log.append([f.record(i) for i in range(5)], sign=signer())
+        num = store.db.get(b"I" + log.log_id)
+    _flip_value(db, b"E" + num + (3).to_bytes(8, "big"))
+    with Store(db) as store:
+        report = store.log(KEY.public_key.log_id()).verify()
+        assert not report.ok
+
+
+def test_a_checkpoint_covering_missing_entries_stops_the_node_from_opening(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    with Store(db) as store:
+        log = store.open_log(KEY.public_key, own=True)
+        log.append([f.record(i) for i in range(5)], sign=signer())
+        num = store.db.get(b"I" + log.log_id)
+        store.db.put(b"N" + num, (3).to_bytes(8, "big"))
+    with Store(db) as store, pytest.raises(StoreCorruptError):
+        store.open_log(KEY.public_key, own=True)

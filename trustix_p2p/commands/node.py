@@ -1,0 +1,84 @@
+"""`trustix-p2p node`, and the commands that talk to a running node over its control socket."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+from pathlib import Path
+
+import trio
+
+from trustix_p2p.config import default_config_path, load_node_config
+from trustix_p2p.control.client import ControlClient
+from trustix_p2p.node import run_node
+
+
+def _socket_path(args: argparse.Namespace) -> Path:
+    if args.socket is not None:
+        return Path(args.socket)
+    return load_node_config(args.config or default_config_path()).socket_path
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    config = load_node_config(args.config)
+    logging.basicConfig(
+        level=getattr(logging, config.log_level.upper()),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    trio.run(run_node, config)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with ControlClient(_socket_path(args), args.timeout) as client:
+        s = client.status()
+    out = {
+        "public_key": base64.b64encode(s.public_key).decode() if s.public_key else None,
+        "log_id": s.log_id.hex() if s.log_id else None,
+        "size": s.size,
+        "checkpoint_size": s.checkpoint_size,
+        "checkpoint_time": s.checkpoint_time,
+        "spool_pending": s.spool_pending,
+        "logs": s.logs,
+        "listen": list(s.listen),
+    }
+    print(json.dumps(out))
+    return 0
+
+
+def cmd_lookup(args: argparse.Namespace) -> int:
+    with ControlClient(_socket_path(args), args.timeout) as client:
+        hits = client.lookup(args.out_path)
+    for h in hits:
+        print(json.dumps({
+            "log_id": h.log_id.hex(),
+            "index": h.index,
+            "leaf": base64.b64encode(h.leaf).decode(),
+            "checkpoint": h.checkpoint.decode() if h.checkpoint is not None else None,
+            "proof": None if h.proof is None else [base64.b64encode(p).decode() for p in h.proof],
+        }))
+    return 0
+
+
+def _add_socket_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="node config (default $TRUSTIX_P2P_CONFIG "
+                   "or /etc/trustix-p2p/node.toml)")
+    p.add_argument("--socket", type=Path, help="control socket path (overrides --config)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("node", help="run a node")
+    p.add_argument("--config", type=Path, required=True, help="node configuration (TOML)")
+    p.set_defaults(func=cmd_node)
+
+    p = sub.add_parser("status", help="show a running node's status (JSON)")
+    _add_socket_args(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("lookup", help="entries a running node holds for a store path (JSON lines)")
+    p.add_argument("out_path")
+    _add_socket_args(p)
+    p.set_defaults(func=cmd_lookup)

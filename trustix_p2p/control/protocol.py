@@ -1,0 +1,209 @@
+"""Control-socket messages: framing, attrs message classes and strict decoders.
+
+Frames are a 4-byte big-endian length and a msgpack array whose first element names the
+message.  The socket is local and owner-only, but its input is still treated as untrusted
+bytes: every field is type- and range-checked here, and nothing reaches the node as a dict.
+
+Requests:  ["submit", [leaf bytes, ...]]   -> ["ok", [index, ...]]
+           ["status"]                      -> ["ok", Status fields...]
+           ["checkpoint", log_id | nil]    -> ["ok", note bytes | nil]
+           ["lookup", out_path]            -> ["ok", [LookupHit fields...], ...]
+Any request can instead be answered ["error", message].
+
+This module does no I/O.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import attrs
+import msgpack
+
+from trustix_p2p.errors import DecodeError, RemoteProtocolError
+
+MAX_FRAME = 64 << 20
+MAX_LEAVES_PER_SUBMIT = 100_000
+MAX_HITS = 10_000
+_LEN = struct.Struct(">I")
+
+
+@attrs.frozen
+class Submit:
+    leaves: tuple[bytes, ...]
+
+
+@attrs.frozen
+class StatusRequest:
+    pass
+
+
+@attrs.frozen
+class CheckpointRequest:
+    log_id: bytes | None
+
+
+@attrs.frozen
+class LookupRequest:
+    out_path: str
+
+
+Request = Submit | StatusRequest | CheckpointRequest | LookupRequest
+
+
+@attrs.frozen
+class Status:
+    """What `trustix-p2p status` shows."""
+
+    public_key: bytes | None
+    log_id: bytes | None
+    size: int
+    checkpoint_size: int
+    checkpoint_time: int
+    spool_pending: int
+    logs: int
+    listen: tuple[str, ...]
+
+
+@attrs.frozen
+class LookupHit:
+    """One leaf about the looked-up path, with its proof against the log's latest checkpoint.
+
+    `checkpoint` and `proof` are None when the leaf is not yet covered by a signed checkpoint.
+    """
+
+    log_id: bytes
+    index: int
+    leaf: bytes
+    checkpoint: bytes | None
+    proof: tuple[bytes, ...] | None
+
+
+def frame(obj: Any) -> bytes:
+    data: bytes = msgpack.packb(obj, use_bin_type=True)
+    if len(data) > MAX_FRAME:
+        raise RemoteProtocolError(f"control message of {len(data)} bytes exceeds {MAX_FRAME}")
+    return _LEN.pack(len(data)) + data
+
+
+def frame_length(header: bytes) -> int:
+    (n,) = _LEN.unpack(header)
+    if n > MAX_FRAME:
+        raise RemoteProtocolError(f"control message of {n} bytes exceeds {MAX_FRAME}")
+    return int(n)
+
+
+def unpack(data: bytes) -> list[Any]:
+    try:
+        obj = msgpack.unpackb(
+            data, raw=False, use_list=True, strict_map_key=True, max_array_len=MAX_LEAVES_PER_SUBMIT
+        )
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise DecodeError(f"control message is not valid msgpack: {exc}") from exc
+    if not isinstance(obj, list) or not obj or not isinstance(obj[0], str):
+        raise DecodeError("control message must be an array starting with its type")
+    return obj
+
+
+def _bytes(value: Any, what: str, size: int | None = None) -> bytes:
+    if not isinstance(value, bytes) or (size is not None and len(value) != size):
+        raise DecodeError(f"{what} must be {size or 'some'} bytes")
+    return value
+
+
+def _int(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+        raise DecodeError(f"{what} must be a non-negative integer")
+    return value
+
+
+def encode_request(req: Request) -> bytes:
+    match req:
+        case Submit(leaves):
+            return frame(["submit", list(leaves)])
+        case StatusRequest():
+            return frame(["status"])
+        case CheckpointRequest(log_id):
+            return frame(["checkpoint", log_id])
+        case LookupRequest(out_path):
+            return frame(["lookup", out_path])
+    raise AssertionError(f"unknown request {req!r}")
+
+
+def decode_request(data: bytes) -> Request:
+    msg = unpack(data)
+    kind, args = msg[0], msg[1:]
+    if kind == "submit" and len(args) == 1 and isinstance(args[0], list):
+        return Submit(tuple(_bytes(x, "leaf") for x in args[0]))
+    if kind == "status" and not args:
+        return StatusRequest()
+    if kind == "checkpoint" and len(args) == 1:
+        return CheckpointRequest(None if args[0] is None else _bytes(args[0], "log id", 32))
+    if kind == "lookup" and len(args) == 1 and isinstance(args[0], str) and len(args[0]) < 4096:
+        return LookupRequest(args[0])
+    raise DecodeError(f"malformed or unknown control request {kind!r}")
+
+
+def encode_ok(payload: Any) -> bytes:
+    return frame(["ok", payload])
+
+
+def encode_error(message: str) -> bytes:
+    return frame(["error", message[:4096]])
+
+
+def decode_reply(data: bytes) -> Any:
+    """The payload of an ok reply; RemoteProtocolError carrying the node's message otherwise."""
+    msg = unpack(data)
+    if msg[0] == "ok" and len(msg) == 2:
+        return msg[1]
+    if msg[0] == "error" and len(msg) == 2 and isinstance(msg[1], str):
+        raise RemoteProtocolError(f"node refused the request: {msg[1]}")
+    raise DecodeError("malformed control reply")
+
+
+def status_to_wire(s: Status) -> list[Any]:
+    return [s.public_key, s.log_id, s.size, s.checkpoint_size, s.checkpoint_time,
+            s.spool_pending, s.logs, list(s.listen)]
+
+
+def status_from_wire(v: Any) -> Status:
+    if not isinstance(v, list) or len(v) != 8:
+        raise DecodeError("malformed status reply")
+    pub = None if v[0] is None else _bytes(v[0], "public key", 32)
+    log_id = None if v[1] is None else _bytes(v[1], "log id", 32)
+    if not isinstance(v[7], list) or not all(isinstance(x, str) for x in v[7]):
+        raise DecodeError("malformed status reply")
+    return Status(pub, log_id, _int(v[2], "size"), _int(v[3], "checkpoint size"),
+                  _int(v[4], "checkpoint time"), _int(v[5], "spool"), _int(v[6], "logs"),
+                  tuple(v[7]))
+
+
+def indices_from_wire(v: Any, expected: int) -> list[int]:
+    if not isinstance(v, list) or len(v) != expected:
+        raise DecodeError("malformed submit reply")
+    return [_int(x, "index") for x in v]
+
+
+def hit_to_wire(h: LookupHit) -> list[Any]:
+    return [h.log_id, h.index, h.leaf, h.checkpoint,
+            None if h.proof is None else list(h.proof)]
+
+
+def hits_from_wire(v: Any) -> list[LookupHit]:
+    if not isinstance(v, list) or len(v) > MAX_HITS:
+        raise DecodeError("malformed lookup reply")
+    hits = []
+    for item in v:
+        if not isinstance(item, list) or len(item) != 5:
+            raise DecodeError("malformed lookup hit")
+        proof = item[4]
+        if proof is not None:
+            if not isinstance(proof, list) or len(proof) > 64:
+                raise DecodeError("malformed lookup proof")
+            proof = tuple(_bytes(p, "proof hash", 32) for p in proof)
+        hits.append(LookupHit(
+            _bytes(item[0], "log id", 32), _int(item[1], "index"), _bytes(item[2], "leaf"),
+            None if item[3] is None else _bytes(item[3], "checkpoint"), proof))
+    return hits

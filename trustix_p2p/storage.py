@@ -1,0 +1,449 @@
+"""The node's LevelDB store: logs (own and mirrored), their Merkle nodes, checkpoints, indexes.
+
+One plyvel database per node holds many logs side by side.  Each log gets a 4-byte local
+number (so keys stay short) and its data lives under these key prefixes:
+
+    b"I" + log_id                         -> local number (4 bytes)
+    b"A" + num                            -> log metadata: msgpack [log_id, public key, own]
+    b"N" + num                            -> number of stored entries (8 bytes, big-endian)
+    b"L" + num + level(1) + index(8)      -> hash of the perfect subtree (level, index);
+                                             level 0 holds the leaf hashes
+    b"E" + num + index(8)                 -> the leaf bytes, exactly as written by the builder
+    b"P" + num + out_path + 0x00 + index  -> b"" (out path -> leaf positions)
+    b"H" + num + leaf_hash                -> index of the first leaf with these bytes
+                                             (own log only: makes submission idempotent)
+    b"C" + num                            -> latest checkpoint note bytes, exactly as signed
+    b"K" + num + size(8) + sha256(note)   -> every checkpoint note kept for this log
+
+Proofs read only perfect-subtree hashes, O(log n) of them (core.merkle); nothing here rebuilds a
+tree from its leaves except `verify`, which exists to do exactly that.  Writes that belong together
+(entries, the nodes they complete, their index keys, the size counter and a checkpoint covering
+them) go in one write batch written with sync=True, so an acknowledged append survives a crash
+and a stored checkpoint never refers to data that is not on disk.
+
+This module must never sign anything, read a clock, or accept a checkpoint whose root it has not
+recomputed from its own stored nodes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import msgpack
+import plyvel
+
+from trustix_p2p.core import merkle
+from trustix_p2p.core.checkpoint import SignedCheckpoint, verify_checkpoint
+from trustix_p2p.core.entry import decode_entry
+from trustix_p2p.core.keys import PublicKey
+from trustix_p2p.errors import (
+    DecodeError,
+    LocalProtocolError,
+    StoreCorruptError,
+    StoreError,
+    TrustixError,
+    VerificationError,
+)
+
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_SCHEMA_KEY = b"!schema"
+_SCHEMA_VERSION = b"1"
+
+
+@attrs.frozen
+class LeafRecord:
+    """A leaf to append: its bytes exactly as received, and the out path it is about."""
+
+    leaf: bytes
+    out_path: str
+
+
+@attrs.frozen
+class VerifyReport:
+    """What `LogStore.verify` recomputed."""
+
+    log_id: bytes
+    size: int
+    checkpoint_size: int | None
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class Store:
+    """One LevelDB database holding every log a node keeps."""
+
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
+        self.path = Path(path)
+        if not create and not self.path.is_dir():
+            raise StoreError(f"no store at {self.path} (is this a node's state directory?)")
+        try:
+            self.db: Any = plyvel.DB(str(self.path), create_if_missing=create)
+        except plyvel.IOError as exc:
+            hint = " (is a node still running on it?)" if "lock" in str(exc).lower() else ""
+            raise StoreError(f"cannot open the store at {self.path}: {exc}{hint}") from exc
+        except plyvel.Error as exc:
+            raise StoreCorruptError(f"the store at {self.path} is unreadable: {exc}") from exc
+        schema = self.db.get(_SCHEMA_KEY)
+        if schema is None:
+            self.db.put(_SCHEMA_KEY, _SCHEMA_VERSION, sync=True)
+        elif schema != _SCHEMA_VERSION:
+            self.db.close()
+            raise StoreError(f"the store at {self.path} has unknown schema {schema!r}")
+        self._logs: dict[bytes, LogStore] = {}
+
+    def close(self) -> None:
+        if not self.db.closed:
+            self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def log_ids(self) -> list[bytes]:
+        return [key[1:] for key, _ in self.db.iterator(prefix=b"I")]
+
+    def has_log(self, log_id: bytes) -> bool:
+        return self.db.get(b"I" + log_id) is not None
+
+    def own_log_id(self) -> bytes | None:
+        """The log id of this node's own log, if it has one."""
+        for log_id in self.log_ids():
+            if self.log(log_id).own:
+                return log_id
+        return None
+
+    def log(self, log_id: bytes) -> LogStore:
+        """An existing log; StoreError if this store does not hold it."""
+        cached = self._logs.get(log_id)
+        if cached is not None:
+            return cached
+        num = self.db.get(b"I" + log_id)
+        if num is None:
+            raise StoreError(f"this store holds no log {log_id.hex()}")
+        log = LogStore(self, log_id, num)
+        self._logs[log_id] = log
+        return log
+
+    def open_log(self, public_key: PublicKey, *, own: bool) -> LogStore:
+        """The log of `public_key`, created empty if new.  Checks it against its checkpoint."""
+        log_id = public_key.log_id()
+        if not self.has_log(log_id):
+            nums = [_U32.unpack(v)[0] for _, v in self.db.iterator(prefix=b"I")]
+            num = _U32.pack(max(nums, default=0) + 1)
+            meta = msgpack.packb([log_id, public_key.raw, own], use_bin_type=True)
+            with self.db.write_batch(sync=True) as wb:
+                wb.put(b"I" + log_id, num)
+                wb.put(b"A" + num, meta)
+                wb.put(b"N" + num, _U64.pack(0))
+        log = self.log(log_id)
+        if own and not log.own:
+            raise StoreError(f"log {log_id.hex()} is stored as a mirrored log, not this node's own")
+        log.check_against_checkpoint()
+        return log
+
+
+@attrs.define(eq=False)
+class LogStore:
+    """One log inside a Store.  Not thread-safe: one writer at a time (the node's writer task)."""
+
+    store: Store
+    log_id: bytes
+    num: bytes
+    public_key: PublicKey = attrs.field(init=False)
+    own: bool = attrs.field(init=False)
+    _frontier: merkle.MerkleFrontier | None = attrs.field(init=False, default=None)
+    _checkpoint: SignedCheckpoint | None = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        raw = self.store.db.get(b"A" + self.num)
+        if raw is None:
+            raise StoreCorruptError(f"log {self.log_id.hex()} has no metadata")
+        try:
+            log_id, pub, own = msgpack.unpackb(raw)
+            self.public_key = PublicKey(pub)
+        except (ValueError, TypeError, TrustixError) as exc:
+            raise StoreCorruptError(f"log {self.log_id.hex()}: bad metadata") from exc
+        if log_id != self.log_id or self.public_key.log_id() != self.log_id:
+            raise StoreCorruptError(f"log {self.log_id.hex()}: metadata names another log")
+        self.own = bool(own)
+
+    # -- reading -------------------------------------------------------------------------
+
+    @property
+    def db(self) -> Any:
+        return self.store.db
+
+    @property
+    def size(self) -> int:
+        """Number of entries stored (may exceed the latest checkpoint's size)."""
+        raw = self.db.get(b"N" + self.num)
+        if raw is None or len(raw) != 8:
+            raise StoreCorruptError(f"log {self.log_id.hex()}: entry counter is damaged")
+        size: int = _U64.unpack(raw)[0]
+        return size
+
+    def node(self, level: int, index: int) -> bytes:
+        """Hash of the perfect subtree (level, index); StoreCorruptError if missing or malformed."""
+        h = self.db.get(b"L" + self.num + bytes((level,)) + _U64.pack(index))
+        if h is None or len(h) != merkle.HASH_SIZE:
+            raise StoreCorruptError(
+                f"log {self.log_id.hex()}: node ({level}, {index}) is missing or damaged"
+            )
+        result: bytes = h
+        return result
+
+    def leaf(self, index: int) -> bytes:
+        raw = self.db.get(b"E" + self.num + _U64.pack(index))
+        if raw is None:
+            raise StoreError(f"log {self.log_id.hex()} has no entry {index}")
+        result: bytes = raw
+        return result
+
+    def leaves(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+        """Leaves [start, end) in order, as (index, leaf bytes)."""
+        prefix = b"E" + self.num
+        it = self.db.iterator(start=prefix + _U64.pack(start), stop=prefix + _U64.pack(end))
+        for key, value in it:
+            yield _U64.unpack(key[-8:])[0], value
+
+    def root(self, size: int) -> bytes:
+        self._check_size(size)
+        return merkle.root_hash(size, self.node)
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        self._check_size(size)
+        return merkle.inclusion_proof(index, size, self.node)
+
+    def consistency_proof(self, old: int, new: int) -> list[bytes]:
+        self._check_size(new)
+        return merkle.consistency_proof(old, new, self.node)
+
+    def lookup(self, out_path: str) -> list[int]:
+        """Positions of every leaf about `out_path`, in log order."""
+        prefix = b"P" + self.num + out_path.encode() + b"\x00"
+        return [_U64.unpack(k[-8:])[0] for k in self.db.iterator(prefix=prefix, include_value=False)]
+
+    def index_of(self, leaf: bytes) -> int | None:
+        """Position of the first identical leaf (own log only), or None."""
+        raw = self.db.get(b"H" + self.num + merkle.leaf_hash(leaf))
+        return None if raw is None else int(_U64.unpack(raw)[0])
+
+    def checkpoint(self) -> SignedCheckpoint | None:
+        """The latest stored checkpoint (own: last signed; mirrored: last verified)."""
+        if self._checkpoint is None:
+            note = self.db.get(b"C" + self.num)
+            if note is None:
+                return None
+            try:
+                self._checkpoint = verify_checkpoint(note, self.public_key)
+            except (DecodeError, VerificationError) as exc:
+                raise StoreCorruptError(
+                    f"log {self.log_id.hex()}: stored checkpoint does not verify"
+                ) from exc
+        return self._checkpoint
+
+    def checkpoints(self) -> Iterator[bytes]:
+        """Every checkpoint note kept for this log, smallest size first."""
+        for _, note in self.db.iterator(prefix=b"K" + self.num):
+            yield note
+
+    def _check_size(self, size: int) -> None:
+        if not 0 <= size <= self.size:
+            raise LocalProtocolError(f"log {self.log_id.hex()} has no tree of size {size}")
+
+    def frontier(self) -> merkle.MerkleFrontier:
+        if self._frontier is None:
+            self._frontier = merkle.MerkleFrontier.restore(self.size, self.node)
+        return self._frontier
+
+    # -- writing -------------------------------------------------------------------------
+
+    def append(
+        self,
+        records: Sequence[LeafRecord],
+        *,
+        checkpoint: SignedCheckpoint | None = None,
+        sign: Callable[[int, bytes], SignedCheckpoint] | None = None,
+        dedupe: bool = False,
+    ) -> list[int]:
+        """Append leaves (and optionally a checkpoint over the result) in one durable batch.
+
+        With `dedupe` (a builder's own submissions), a leaf whose exact bytes are already in the
+        log is not appended again; its existing index is returned, so a retried submission or
+        a re-ingested spool file is logged once.  A `checkpoint` must cover exactly the new size
+        and its root must equal the root recomputed here, or nothing is written.  Instead of a
+        checkpoint, a builder may pass `sign(size, root)`, called once the new root is known, so
+        that its checkpoint goes in the same batch as the entries it covers.
+        """
+        frontier = self.frontier()
+        start_size = frontier.size
+        edge_backup = frontier.edge()
+        indices: list[int] = []
+        seen: dict[bytes, int] = {}
+        num = self.num
+        prefix_l = b"L" + num
+        prefix_e = b"E" + num
+        prefix_p = b"P" + num
+        prefix_h = b"H" + num
+        pack = _U64.pack
+        wb = self.db.write_batch(sync=True)
+        try:
+            for record in records:
+                leaf = record.leaf
+                lh = merkle.leaf_hash(leaf)
+                if dedupe:
+                    existing = seen.get(lh)
+                    if existing is None:
+                        raw = self.db.get(prefix_h + lh)
+                        existing = None if raw is None else _U64.unpack(raw)[0]
+                    if existing is not None:
+                        indices.append(existing)
+                        continue
+                index = frontier.size
+                for level, idx, h in frontier.append(lh):
+                    wb.put(prefix_l + bytes((level,)) + pack(idx), h)
+                key_index = pack(index)
+                wb.put(prefix_e + key_index, leaf)
+                wb.put(prefix_p + record.out_path.encode() + b"\x00" + key_index, b"")
+                if dedupe:
+                    wb.put(prefix_h + lh, key_index)
+                    seen[lh] = index
+                indices.append(index)
+            if sign is not None:
+                checkpoint = sign(frontier.size, frontier.root())
+            if checkpoint is not None:
+                self._check_checkpoint(checkpoint, frontier.size, frontier.root())
+                self._put_checkpoint(wb, checkpoint)
+            wb.put(b"N" + num, pack(frontier.size))
+            wb.write()
+        except BaseException:
+            wb.clear()
+            self._frontier = merkle.MerkleFrontier(start_size, edge_backup)
+            raise
+        if checkpoint is not None:
+            self._checkpoint = checkpoint
+        return indices
+
+    def set_checkpoint(self, checkpoint: SignedCheckpoint) -> None:
+        """Store a checkpoint over entries already stored, after recomputing its root."""
+        size = checkpoint.checkpoint.size
+        self._check_size(size)
+        root = self.frontier().root() if size == self.size else self.root(size)
+        self._check_checkpoint(checkpoint, size, root)
+        with self.db.write_batch(sync=True) as wb:
+            self._put_checkpoint(wb, checkpoint)
+        self._checkpoint = checkpoint
+
+    def _check_checkpoint(self, signed: SignedCheckpoint, size: int, root: bytes) -> None:
+        cp = signed.checkpoint
+        if signed.log_id != self.log_id:
+            raise LocalProtocolError("checkpoint is for another log")
+        if cp.size != size or cp.root != root:
+            raise VerificationError("checkpoint does not match the stored tree")
+        previous = self.checkpoint()
+        if previous is not None and cp.size < previous.checkpoint.size:
+            raise LocalProtocolError(
+                f"refusing to store a checkpoint of size {cp.size} after one of size "
+                f"{previous.checkpoint.size}"
+            )
+
+    def _put_checkpoint(self, wb: Any, signed: SignedCheckpoint) -> None:
+        size = signed.checkpoint.size
+        wb.put(b"C" + self.num, signed.note)
+        wb.put(b"K" + self.num + _U64.pack(size) + hashlib.sha256(signed.note).digest(), signed.note)
+
+    # -- integrity -------------------------------------------------------------------------
+
+    def check_against_checkpoint(self) -> None:
+        """Cheap start-up check: the stored nodes reproduce the latest checkpoint's root.
+
+        Raises StoreCorruptError so that a node refuses to serve (or sign) from a store that
+        disagrees with what it already signed.  `verify` is the full, O(n) check.
+        """
+        size = self.size
+        cp = self.checkpoint()
+        frontier = merkle.MerkleFrontier.restore(size, self.node)
+        if cp is not None:
+            if cp.checkpoint.size > size:
+                raise StoreCorruptError(
+                    f"log {self.log_id.hex()}: checkpoint covers {cp.checkpoint.size} "
+                    f"entries but only {size} are stored"
+                )
+            if self.root(cp.checkpoint.size) != cp.checkpoint.root:
+                raise StoreCorruptError(
+                    f"log {self.log_id.hex()}: stored tree does not match its checkpoint "
+                    f"of size {cp.checkpoint.size}"
+                )
+        self._frontier = frontier
+
+    def verify(self) -> VerifyReport:
+        """Recompute everything from the leaves: hashes, nodes, indexes, every checkpoint."""
+        problems: list[str] = []
+        size = self.size
+        frontier = merkle.MerkleFrontier()
+        count = 0
+        for index, leaf in self.leaves(0, size):
+            if index != count:
+                problems.append(f"entry {count} is missing")
+                break
+            for level, idx, h in frontier.append(merkle.leaf_hash(leaf)):
+                stored = self.db.get(b"L" + self.num + bytes((level,)) + _U64.pack(idx))
+                if stored != h:
+                    problems.append(f"stored hash of node ({level}, {idx}) is wrong")
+            try:
+                out_path = decode_entry(leaf).out_path
+            except DecodeError as exc:
+                problems.append(f"entry {index} is not a valid entry: {exc}")
+            else:
+                key = b"P" + self.num + out_path.encode() + b"\x00" + _U64.pack(index)
+                if self.db.get(key) is None:
+                    problems.append(f"out-path index of entry {index} is missing")
+            if self.own:
+                first = self.db.get(b"H" + self.num + merkle.leaf_hash(leaf))
+                if first is None or _U64.unpack(first)[0] > index:
+                    problems.append(f"deduplication index of entry {index} is wrong")
+            count += 1
+        if count != size:
+            problems.append(f"{size} entries recorded but {count} stored")
+        if len(problems) > 100:
+            problems = [*problems[:100], f"... and {len(problems) - 100} more"]
+        cp_size: int | None = None
+        try:
+            cp = self.checkpoint()
+        except StoreCorruptError as exc:
+            problems.append(str(exc))
+            cp = None
+        if cp is not None:
+            cp_size = cp.checkpoint.size
+            if cp_size > count:
+                problems.append(f"checkpoint covers {cp_size} entries but {count} are stored")
+        if not problems:
+            # Every kept checkpoint must be a tree this log really had.
+            roots: dict[int, bytes] = {}
+            for note in self.checkpoints():
+                try:
+                    signed = verify_checkpoint(note, self.public_key)
+                except (DecodeError, VerificationError):
+                    problems.append("a kept checkpoint does not verify")
+                    continue
+                s = signed.checkpoint.size
+                if s > count:
+                    problems.append(f"a kept checkpoint covers {s} > {count} entries")
+                    continue
+                if s not in roots:
+                    roots[s] = self.root(s)
+                if roots[s] != signed.checkpoint.root:
+                    problems.append(f"kept checkpoint of size {s} does not match the stored tree")
+        return VerifyReport(self.log_id, size, cp_size, tuple(problems))
