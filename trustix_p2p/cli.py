@@ -21,6 +21,7 @@ _COMMAND_MODULES = [
     "trustix_p2p.commands.log",
     "trustix_p2p.commands.node",
     "trustix_p2p.commands.net",
+    "trustix_p2p.commands.nix",
 ]
 
 
