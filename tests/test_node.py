@@ -30,8 +30,9 @@ def make_config(tmp_path: Path, **kw: object) -> NodeConfig:
     key_file = tmp_path / "node.key"
     if not key_file.exists():
         write_key_file(key_file, KEY)
-    return NodeConfig(state_dir=tmp_path / "state", key_file=key_file,
-                      control_socket=tmp_path / "c.sock", **kw)  # type: ignore[arg-type]
+    return NodeConfig(
+        state_dir=tmp_path / "state", key_file=key_file, control_socket=tmp_path / "c.sock", **kw
+    )  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -101,8 +102,13 @@ async def test_an_invalid_entry_is_refused_and_the_node_keeps_serving(node: Node
 
 @pytest.mark.parametrize(
     "garbage",
-    [b"\xff\xff\xff\xff", struct.pack(">I", 3) + b"\xc1\xc1\xc1", struct.pack(">I", 100) + b"ab",
-     struct.pack(">I", 2) + b"\x91\x01", b"\x00"],
+    [
+        b"\xff\xff\xff\xff",
+        struct.pack(">I", 3) + b"\xc1\xc1\xc1",
+        struct.pack(">I", 100) + b"ab",
+        struct.pack(">I", 2) + b"\x91\x01",
+        b"\x00",
+    ],
 )
 async def test_garbage_on_the_control_socket_closes_only_that_connection(
     node: Node, garbage: bytes

@@ -34,11 +34,13 @@ def test_append_then_proofs_verify_against_the_signed_root(tmp_path: Path) -> No
         assert cp.checkpoint.root == ref.mth([r.leaf for r in records])
         for i in (0, 17, 36):
             proof = log.inclusion_proof(i, 37)
-            merkle.verify_inclusion(i, 37, merkle.leaf_hash(records[i].leaf), proof,
-                                    cp.checkpoint.root)
+            merkle.verify_inclusion(
+                i, 37, merkle.leaf_hash(records[i].leaf), proof, cp.checkpoint.root
+            )
         for old in (1, 8, 20, 37):
-            merkle.verify_consistency(old, 37, log.consistency_proof(old, 37),
-                                      log.root(old), cp.checkpoint.root)
+            merkle.verify_consistency(
+                old, 37, log.consistency_proof(old, 37), log.root(old), cp.checkpoint.root
+            )
 
 
 def test_reopen_keeps_everything_and_continues_the_same_tree(tmp_path: Path) -> None:
@@ -56,8 +58,8 @@ def test_reopen_keeps_everything_and_continues_the_same_tree(tmp_path: Path) -> 
 def test_identical_submissions_are_logged_once(tmp_path: Path) -> None:
     with Store(tmp_path / "db") as store:
         log = store.open_log(KEY.public_key, own=True)
-        assert log.append([f.record(1), f.record(2)], dedupe=True) == [0, 1]
-        assert log.append([f.record(2), f.record(3), f.record(3)], dedupe=True) == [1, 2, 2]
+        assert log.append([f.record(1), f.record(2)]) == [0, 1]
+        assert log.append([f.record(2), f.record(3), f.record(3)]) == [1, 2, 2]
         assert log.size == 3
         assert log.verify().ok
 

@@ -74,9 +74,7 @@ def config_from_dict(data: dict[str, Any], base_dir: Path) -> NodeConfig:
     if unknown:
         raise ConfigError(f"unknown configuration option(s): {', '.join(unknown)}")
     for key, typ in _FIELDS.items():
-        if key in data and (
-            not isinstance(data[key], typ) or isinstance(data[key], bool)
-        ):
+        if key in data and (not isinstance(data[key], typ) or isinstance(data[key], bool)):
             raise ConfigError(f"configuration option {key!r} has the wrong type")
     if "state_dir" not in data:
         raise ConfigError("configuration needs 'state_dir'")

@@ -130,7 +130,9 @@ class Node:
             accepted: list[tuple[_Pending, list[LeafRecord]]] = []
             for item in batch:
                 try:
-                    records = [LeafRecord(leaf, decode_entry(leaf).out_path) for leaf in item.leaves]
+                    records = [
+                        LeafRecord(leaf, decode_entry(leaf).out_path) for leaf in item.leaves
+                    ]
                 except DecodeError as exc:
                     item.error = f"invalid entry: {exc}"
                     item.done.set()
@@ -141,9 +143,7 @@ class Node:
             all_records = [r for _, records in accepted for r in records]
             async with self._write_lock:
                 try:
-                    indices = await trio.to_thread.run_sync(
-                        lambda: own.append(all_records, dedupe=True)
-                    )
+                    indices = await trio.to_thread.run_sync(own.append, all_records)
                 except TrustixError as exc:
                     log.error("append failed: %s", exc)
                     for item, _ in accepted:
@@ -294,10 +294,8 @@ class Node:
 
             async def handler(stream: trio.SocketStream) -> None:
                 async with limiter:
-                    try:
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                         await self._serve_control_connection(stream)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        pass
 
             task_status.started()
             await trio.serve_listeners(handler, [listener])

@@ -233,7 +233,9 @@ class LogStore:
     def lookup(self, out_path: str) -> list[int]:
         """Positions of every leaf about `out_path`, in log order."""
         prefix = b"P" + self.num + out_path.encode() + b"\x00"
-        return [_U64.unpack(k[-8:])[0] for k in self.db.iterator(prefix=prefix, include_value=False)]
+        return [
+            _U64.unpack(k[-8:])[0] for k in self.db.iterator(prefix=prefix, include_value=False)
+        ]
 
     def index_of(self, leaf: bytes) -> int | None:
         """Position of the first identical leaf (own log only), or None."""
@@ -276,13 +278,13 @@ class LogStore:
         *,
         checkpoint: SignedCheckpoint | None = None,
         sign: Callable[[int, bytes], SignedCheckpoint] | None = None,
-        dedupe: bool = False,
     ) -> list[int]:
         """Append leaves (and optionally a checkpoint over the result) in one durable batch.
 
-        With `dedupe` (a builder's own submissions), a leaf whose exact bytes are already in the
-        log is not appended again; its existing index is returned, so a retried submission or
-        a re-ingested spool file is logged once.  A `checkpoint` must cover exactly the new size
+        In a builder's own log a leaf whose exact bytes are already in the log is not appended
+        again; its existing index is returned, so a retried submission or a re-ingested spool
+        file is logged once.  Mirrored logs are stored exactly as their builder wrote them.
+        A `checkpoint` must cover exactly the new size
         and its root must equal the root recomputed here, or nothing is written.  Instead of a
         checkpoint, a builder may pass `sign(size, root)`, called once the new root is known, so
         that its checkpoint goes in the same batch as the entries it covers.
@@ -298,6 +300,7 @@ class LogStore:
         prefix_p = b"P" + num
         prefix_h = b"H" + num
         pack = _U64.pack
+        dedupe = self.own
         wb = self.db.write_batch(sync=True)
         try:
             for record in records:
@@ -362,7 +365,9 @@ class LogStore:
     def _put_checkpoint(self, wb: Any, signed: SignedCheckpoint) -> None:
         size = signed.checkpoint.size
         wb.put(b"C" + self.num, signed.note)
-        wb.put(b"K" + self.num + _U64.pack(size) + hashlib.sha256(signed.note).digest(), signed.note)
+        wb.put(
+            b"K" + self.num + _U64.pack(size) + hashlib.sha256(signed.note).digest(), signed.note
+        )
 
     # -- integrity -------------------------------------------------------------------------
 

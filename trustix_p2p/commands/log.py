@@ -105,18 +105,20 @@ def cmd_append(args: argparse.Namespace) -> int:
         if batch or (log.size > 0 and (cp is None or cp.checkpoint.size != log.size)):
             appended += _count_new(log, batch, sign)
         cp = log.checkpoint()
-        _emit({
-            "log_id": log.log_id.hex(),
-            "appended": appended,
-            "size": log.size,
-            "root": _b64(cp.checkpoint.root) if cp else _b64(merkle.EMPTY_ROOT),
-        })
+        _emit(
+            {
+                "log_id": log.log_id.hex(),
+                "appended": appended,
+                "size": log.size,
+                "root": _b64(cp.checkpoint.root) if cp else _b64(merkle.EMPTY_ROOT),
+            }
+        )
     return 0
 
 
 def _count_new(log: LogStore, batch: list[LeafRecord], sign: Any) -> int:
     before = log.size
-    log.append(batch, sign=sign, dedupe=True)
+    log.append(batch, sign=sign)
     return log.size - before
 
 
@@ -154,8 +156,15 @@ def cmd_prove_inclusion(args: argparse.Namespace) -> int:
         proof = log.inclusion_proof(args.index, size)
         leaf_hash = log.node(0, args.index)
         root = log.root(size)
-        _emit({"index": args.index, "size": size, "leaf_hash": _b64(leaf_hash),
-               "root": _b64(root), "proof": [_b64(p) for p in proof]})
+        _emit(
+            {
+                "index": args.index,
+                "size": size,
+                "leaf_hash": _b64(leaf_hash),
+                "root": _b64(root),
+                "proof": [_b64(p) for p in proof],
+            }
+        )
     return 0
 
 
@@ -166,22 +175,36 @@ def cmd_prove_consistency(args: argparse.Namespace) -> int:
         if not 0 < args.old <= new <= log.size:
             raise StoreError(f"no consistency proof from {args.old} to {new} (log has {log.size})")
         proof = log.consistency_proof(args.old, new)
-        _emit({"old": args.old, "new": new, "old_root": _b64(log.root(args.old)),
-               "new_root": _b64(log.root(new)), "proof": [_b64(p) for p in proof]})
+        _emit(
+            {
+                "old": args.old,
+                "new": new,
+                "old_root": _b64(log.root(args.old)),
+                "new_root": _b64(log.root(new)),
+                "proof": [_b64(p) for p in proof],
+            }
+        )
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     with _open_store(args.state) as store:
-        logs = [_select_log(store, args.log)] if args.log else [
-            store.log(i) for i in store.log_ids()]
+        logs = (
+            [_select_log(store, args.log)] if args.log else [store.log(i) for i in store.log_ids()]
+        )
         ok = True
         for log in logs:
             report = log.verify()
             ok = ok and report.ok
-            _emit({"log_id": report.log_id.hex(), "size": report.size,
-                   "checkpoint_size": report.checkpoint_size, "ok": report.ok,
-                   "problems": list(report.problems)})
+            _emit(
+                {
+                    "log_id": report.log_id.hex(),
+                    "size": report.size,
+                    "checkpoint_size": report.checkpoint_size,
+                    "ok": report.ok,
+                    "problems": list(report.problems),
+                }
+            )
     return 0 if ok else 1
 
 
@@ -198,10 +221,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = lsub.add_parser("append", help="append entries from a JSON-lines file and sign")
     p.add_argument("--state", type=Path, required=True, help="the node's state directory")
     p.add_argument("--key", type=Path, required=True, help="the builder's key file")
-    p.add_argument("--jsonl", type=Path, required=True, help="entries, one JSON object a line "
-                   "(- for stdin)")
-    p.add_argument("--batch", type=int, default=10_000,
-                   help="entries per durable write and checkpoint (default 10000)")
+    p.add_argument(
+        "--jsonl", type=Path, required=True, help="entries, one JSON object a line (- for stdin)"
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=10_000,
+        help="entries per durable write and checkpoint (default 10000)",
+    )
     p.set_defaults(func=cmd_append)
 
     p = common("checkpoint", "print the latest checkpoint note, exactly as signed")

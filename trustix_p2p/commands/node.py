@@ -52,19 +52,28 @@ def cmd_lookup(args: argparse.Namespace) -> int:
     with ControlClient(_socket_path(args), args.timeout) as client:
         hits = client.lookup(args.out_path)
     for h in hits:
-        print(json.dumps({
-            "log_id": h.log_id.hex(),
-            "index": h.index,
-            "leaf": base64.b64encode(h.leaf).decode(),
-            "checkpoint": h.checkpoint.decode() if h.checkpoint is not None else None,
-            "proof": None if h.proof is None else [base64.b64encode(p).decode() for p in h.proof],
-        }))
+        print(
+            json.dumps(
+                {
+                    "log_id": h.log_id.hex(),
+                    "index": h.index,
+                    "leaf": base64.b64encode(h.leaf).decode(),
+                    "checkpoint": h.checkpoint.decode() if h.checkpoint is not None else None,
+                    "proof": None
+                    if h.proof is None
+                    else [base64.b64encode(p).decode() for p in h.proof],
+                }
+            )
+        )
     return 0
 
 
 def _add_socket_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="node config (default $TRUSTIX_P2P_CONFIG "
-                   "or /etc/trustix-p2p/node.toml)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="node config (default $TRUSTIX_P2P_CONFIG or /etc/trustix-p2p/node.toml)",
+    )
     p.add_argument("--socket", type=Path, help="control socket path (overrides --config)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
 

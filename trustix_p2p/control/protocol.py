@@ -164,8 +164,16 @@ def decode_reply(data: bytes) -> Any:
 
 
 def status_to_wire(s: Status) -> list[Any]:
-    return [s.public_key, s.log_id, s.size, s.checkpoint_size, s.checkpoint_time,
-            s.spool_pending, s.logs, list(s.listen)]
+    return [
+        s.public_key,
+        s.log_id,
+        s.size,
+        s.checkpoint_size,
+        s.checkpoint_time,
+        s.spool_pending,
+        s.logs,
+        list(s.listen),
+    ]
 
 
 def status_from_wire(v: Any) -> Status:
@@ -175,9 +183,16 @@ def status_from_wire(v: Any) -> Status:
     log_id = None if v[1] is None else _bytes(v[1], "log id", 32)
     if not isinstance(v[7], list) or not all(isinstance(x, str) for x in v[7]):
         raise DecodeError("malformed status reply")
-    return Status(pub, log_id, _int(v[2], "size"), _int(v[3], "checkpoint size"),
-                  _int(v[4], "checkpoint time"), _int(v[5], "spool"), _int(v[6], "logs"),
-                  tuple(v[7]))
+    return Status(
+        pub,
+        log_id,
+        _int(v[2], "size"),
+        _int(v[3], "checkpoint size"),
+        _int(v[4], "checkpoint time"),
+        _int(v[5], "spool"),
+        _int(v[6], "logs"),
+        tuple(v[7]),
+    )
 
 
 def indices_from_wire(v: Any, expected: int) -> list[int]:
@@ -187,8 +202,7 @@ def indices_from_wire(v: Any, expected: int) -> list[int]:
 
 
 def hit_to_wire(h: LookupHit) -> list[Any]:
-    return [h.log_id, h.index, h.leaf, h.checkpoint,
-            None if h.proof is None else list(h.proof)]
+    return [h.log_id, h.index, h.leaf, h.checkpoint, None if h.proof is None else list(h.proof)]
 
 
 def hits_from_wire(v: Any) -> list[LookupHit]:
@@ -203,7 +217,13 @@ def hits_from_wire(v: Any) -> list[LookupHit]:
             if not isinstance(proof, list) or len(proof) > 64:
                 raise DecodeError("malformed lookup proof")
             proof = tuple(_bytes(p, "proof hash", 32) for p in proof)
-        hits.append(LookupHit(
-            _bytes(item[0], "log id", 32), _int(item[1], "index"), _bytes(item[2], "leaf"),
-            None if item[3] is None else _bytes(item[3], "checkpoint"), proof))
+        hits.append(
+            LookupHit(
+                _bytes(item[0], "log id", 32),
+                _int(item[1], "index"),
+                _bytes(item[2], "leaf"),
+                None if item[3] is None else _bytes(item[3], "checkpoint"),
+                proof,
+            )
+        )
     return hits
