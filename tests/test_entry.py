@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from trustix_p2p.core.entry import (
     MAX_ENTRY_BYTES,
     Entry,
+    _explain_invalid_fields,
+    _fields_ok,
     decode_entry,
     encode_entry,
     entry_from_json,
@@ -406,3 +408,38 @@ def test_arrays_of_arbitrary_msgpack_values_never_raise_anything_but_decode_erro
     except DecodeError:
         return
     assert encode_entry(entry) == data
+
+
+field_values = st.one_of(
+    msgpack_values,
+    basename,
+    basename.map(lambda b: "/nix/store/" + b),
+    basename.map(lambda b: f"/nix/store/{b}.drv"),
+    st.lists(basename, max_size=4),
+    st.sampled_from(["", ".drv", "out", f"/nix/store/{H1}-.drv", f"/nix/store/{H1}-a.drv"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(field_values, min_size=7, max_size=7), keep=st.sets(st.integers(1, 7)))
+def test_fast_field_check_agrees_with_the_explaining_checks(values: list[object], keep: set[int]):
+    items = [fields()[i] if i in keep else values[i - 1] for i in range(1, 8)]
+    fast = _fields_ok(*items, "/nix/store")
+    try:
+        _explain_invalid_fields(*items, "/nix/store")
+    except DecodeError:
+        slow = False
+    else:
+        slow = True
+    assert fast == slow
+
+
+def test_drv_name_length_limit_matches_the_store_path_rule():
+    ok = f"/nix/store/{H3}-{'d' * 207}.drv"
+    too_long = f"/nix/store/{H3}-{'d' * 208}.drv"
+    items = fields()
+    items[5] = ok
+    assert decode_entry(raw_array(*items)).deriver == ok
+    items[5] = too_long
+    with pytest.raises(DecodeError, match="'deriver'"):
+        decode_entry(raw_array(*items))

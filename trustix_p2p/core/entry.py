@@ -18,6 +18,7 @@ I/O, no clock (`built_at` is always passed in), no randomness.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import NoReturn
@@ -27,6 +28,7 @@ import msgpack
 
 from trustix_p2p.core.nix32 import format_nar_hash, parse_nar_hash
 from trustix_p2p.core.storepath import (
+    BASENAME_PATTERN,
     DEFAULT_STORE_DIR,
     is_valid_basename,
     is_valid_store_path,
@@ -58,6 +60,7 @@ _MAX_UINT63 = 2**63  # exclusive; keeps every integer a signed 64-bit value ever
 
 # Output names follow the character rules of store path names (Nix's checkName), since Nix
 # appends them to the derivation name to form the output's store path name.
+_BASENAME_RE = re.compile(BASENAME_PATTERN)
 _OUTPUT_NAME_RE = re.compile(r"[A-Za-z0-9+\-_?=][A-Za-z0-9+\-._?=]{0,254}")
 
 
@@ -101,6 +104,51 @@ def _explain_store_path(field: str, text: str, store_dir: str) -> NoReturn:
     raise _field_error(field, "is not a valid store path")
 
 
+@functools.lru_cache(maxsize=8)
+def _path_patterns(store_dir: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    # Whole store path and whole .drv path of `store_dir` as single regexes.  A .drv name
+    # still obeys the 211-character limit and the no-leading-dot rule (`.drv` alone is not
+    # a valid name).
+    base = re.escape(store_dir) + "/"
+    drv = base + BASENAME_PATTERN.replace("{1,211}", "{0,207}") + r"\.drv"
+    return re.compile(base + BASENAME_PATTERN), re.compile(drv)
+
+
+def _fields_ok(
+    out_path: object,
+    nar_hash: object,
+    nar_size: object,
+    references: object,
+    deriver: object,
+    output_name: object,
+    built_at: object,
+    store_dir: str,
+) -> bool:
+    """All of `_explain_invalid_fields`'s rules as one fast yes/no (the per-leaf hot path)."""
+    path_re, drv_re = _path_patterns(store_dir)
+    if type(out_path) is not str or path_re.fullmatch(out_path) is None:
+        return False
+    if type(nar_hash) is not bytes or len(nar_hash) != _NAR_HASH_SIZE:
+        return False
+    if type(nar_size) is not int or not 0 <= nar_size < _MAX_UINT63:
+        return False
+    if type(references) is not list and type(references) is not tuple:
+        return False
+    if len(references) > MAX_REFERENCES:
+        return False
+    previous = ""
+    for ref in references:
+        # `ref > previous` also rejects "" (the first) and enforces strict sorting.
+        if type(ref) is not str or ref <= previous or _BASENAME_RE.fullmatch(ref) is None:
+            return False
+        previous = ref
+    if type(deriver) is not str or (deriver and drv_re.fullmatch(deriver) is None):
+        return False
+    if type(output_name) is not str or _OUTPUT_NAME_RE.fullmatch(output_name) is None:
+        return False
+    return type(built_at) is int and 0 <= built_at < _MAX_UINT63
+
+
 def _validate_fields(
     out_path: object,
     nar_hash: object,
@@ -111,6 +159,24 @@ def _validate_fields(
     built_at: object,
     store_dir: str,
 ) -> None:
+    fields = (out_path, nar_hash, nar_size, references, deriver, output_name, built_at)
+    if not _fields_ok(*fields, store_dir):
+        _explain_invalid_fields(*fields, store_dir)
+        # Only reached if the two checks disagree, which the tests rule out.
+        raise DecodeError("entry is invalid")
+
+
+def _explain_invalid_fields(
+    out_path: object,
+    nar_hash: object,
+    nar_size: object,
+    references: object,
+    deriver: object,
+    output_name: object,
+    built_at: object,
+    store_dir: str,
+) -> None:
+    """Raise the `DecodeError` that names the first invalid field (slow, exact messages)."""
     out_path_text = _check_str("out_path", out_path)
     if not is_valid_store_path(out_path_text, store_dir):
         _explain_store_path("out_path", out_path_text, store_dir)
@@ -216,18 +282,11 @@ def decode_entry(data: bytes, store_dir: str = DEFAULT_STORE_DIR) -> Entry:
     if type(version) is not int or version != ENTRY_VERSION:
         raise _field_error("version", f"unsupported entry version {version!r}")
     _validate_fields(obj[1], obj[2], obj[3], obj[4], obj[5], obj[6], obj[7], store_dir)
-    entry = Entry(
-        out_path=obj[1],
-        nar_hash=obj[2],
-        nar_size=obj[3],
-        references=tuple(obj[4]),
-        deriver=obj[5],
-        output_name=obj[6],
-        built_at=obj[7],
-    )
-    if _pack(entry) != data:
+    # Canonical form: the validated values must pack back to exactly these bytes, or some
+    # other encoding of the same entry would hash to a different leaf.
+    if msgpack.packb(obj, use_bin_type=True) != data:
         raise DecodeError("entry is not in canonical msgpack encoding")
-    return entry
+    return Entry(obj[1], obj[2], obj[3], tuple(obj[4]), obj[5], obj[6], obj[7])
 
 
 _JSON_KEYS = frozenset(

@@ -20,6 +20,7 @@ from trustix_p2p.core.nix32 import ALPHABET
 from trustix_p2p.errors import DecodeError
 
 __all__ = [
+    "BASENAME_PATTERN",
     "DEFAULT_STORE_DIR",
     "HASH_PART_LEN",
     "MAX_NAME_LEN",
@@ -40,7 +41,8 @@ _HASH_RE = re.compile(f"[{ALPHABET}]{{{HASH_PART_LEN}}}")
 _NAME_RE = re.compile(r"[A-Za-z0-9+\-._?=]{1,211}")
 # All of the rules at once, for the hot path (entry decoding); the step-by-step checks below
 # run only to explain a rejection.
-_BASENAME_RE = re.compile(f"[{ALPHABET}]{{{HASH_PART_LEN}}}-(?!\\.)[A-Za-z0-9+\\-._?=]{{1,211}}")
+BASENAME_PATTERN = f"[{ALPHABET}]{{{HASH_PART_LEN}}}-(?!\\.)[A-Za-z0-9+\\-._?=]{{1,{MAX_NAME_LEN}}}"
+_BASENAME_RE = re.compile(BASENAME_PATTERN)
 
 
 def _show(text: str) -> str:
