@@ -160,3 +160,18 @@ def test_parse_nar_hash_raises_only_decode_error(text: str):
     except DecodeError:
         return
     assert len(raw) == 32
+
+
+def test_every_truncation_or_extension_of_a_nar_hash_is_rejected():
+    for text in [
+        "sha256:" + VECTORS["nix32_of_sha256_abc"],
+        "sha256:" + ABC.hex(),
+        "sha256-" + base64.b64encode(ABC).decode(),
+    ]:
+        assert nix32.parse_nar_hash(text) == ABC
+        for cut in range(len(text)):
+            with pytest.raises(DecodeError):
+                nix32.parse_nar_hash(text[:cut])
+        for junk in ["0", "=", " ", "\n", "\x00"]:
+            with pytest.raises(DecodeError):
+                nix32.parse_nar_hash(text + junk)
