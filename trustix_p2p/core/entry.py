@@ -12,8 +12,11 @@ Nix's store-path rules, range limits, sorted unique references, and finally a ca
 check (decode then encode must give back the same bytes), which rules out e.g. a small integer
 spelled as a uint64 or a short string with a str16 header.
 
-Every rejection is a `DecodeError` whose message names the field.  This module is pure: no
-I/O, no clock (`built_at` is always passed in), no randomness.
+Every rejection is a `DecodeError` whose message names the field.  Decoding runs once per
+leaf on the append path, so validation is one fused pass (`_fields_ok`); only a rejected entry
+goes through the step-by-step checks that explain it, and the tests hold the two to agree.
+
+This module is pure: no I/O, no clock (`built_at` is always passed in), no randomness.
 """
 
 from __future__ import annotations
@@ -58,9 +61,9 @@ _NAR_HASH_SIZE = 32
 _ARITY = 8
 _MAX_UINT63 = 2**63  # exclusive; keeps every integer a signed 64-bit value everywhere
 
+_BASENAME_RE = re.compile(BASENAME_PATTERN)
 # Output names follow the character rules of store path names (Nix's checkName), since Nix
 # appends them to the derivation name to form the output's store path name.
-_BASENAME_RE = re.compile(BASENAME_PATTERN)
 _OUTPUT_NAME_RE = re.compile(r"[A-Za-z0-9+\-_?=][A-Za-z0-9+\-._?=]{0,254}")
 
 
