@@ -329,7 +329,7 @@ class MessageRegistry:
         body: bytes = msgpack.packb(array, use_bin_type=True)
         return body
 
-    def decode_body(self, body: bytes) -> Message:
+    def decode_body(self, body: bytes | bytearray | memoryview) -> Message:
         """Strictly decode one msgpack array into a registered message, or `DecodeError`."""
         try:
             value = msgpack.unpackb(
@@ -373,7 +373,9 @@ def encode_message(
     return len(body).to_bytes(LENGTH_PREFIX_SIZE, "big") + body
 
 
-def decode_body(body: bytes, *, registry: MessageRegistry = REGISTRY) -> Message:
+def decode_body(
+    body: bytes | bytearray | memoryview, *, registry: MessageRegistry = REGISTRY
+) -> Message:
     return registry.decode_body(body)
 
 
@@ -394,39 +396,49 @@ class MessageReader:
     ) -> None:
         self._registry = registry
         self._max = max_message_size
-        self._buffer = bytearray()
+        # Unconsumed bytes are self._buf[self._pos:]; `_buf` is replaced, never mutated, so
+        # messages are decoded in place from the bytes that were fed.
+        self._buf: bytes | bytearray = b""
+        self._pos = 0
         self._failed = False
 
     def buffered(self) -> int:
-        return len(self._buffer)
+        return len(self._buf) - self._pos
 
     @property
     def at_boundary(self) -> bool:
         """True when no partial message is buffered (a clean place for the stream to end)."""
-        return not self._buffer
+        return self._pos >= len(self._buf)
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Add bytes; the reader keeps a reference, so do not mutate `data` afterwards."""
         if self._failed:
             raise LocalProtocolError("the message reader failed earlier")
-        self._buffer += data
+        if type(data) is memoryview:
+            data = data.tobytes()
+        if self._pos >= len(self._buf):
+            self._buf = data
+        else:
+            self._buf = self._buf[self._pos :] + data
+        self._pos = 0
 
     def next_message(self) -> Message | None:
         if self._failed:
             raise LocalProtocolError("the message reader failed earlier")
-        buf = self._buffer
-        if len(buf) < LENGTH_PREFIX_SIZE:
+        buf, pos = self._buf, self._pos
+        start = pos + LENGTH_PREFIX_SIZE
+        if len(buf) < start:
             return None
-        size = int.from_bytes(buf[:LENGTH_PREFIX_SIZE], "big")
+        size = int.from_bytes(buf[pos:start], "big")
         if size > self._max:
             self._failed = True
             raise DecodeError(f"message of {size} bytes is above the {self._max}-byte limit")
-        end = LENGTH_PREFIX_SIZE + size
+        end = start + size
         if len(buf) < end:
             return None
-        body = bytes(buf[LENGTH_PREFIX_SIZE:end])
-        del buf[:end]
+        self._pos = end
         try:
-            return self._registry.decode_body(body)
+            return self._registry.decode_body(memoryview(buf)[start:end])
         except DecodeError:
             self._failed = True
             raise

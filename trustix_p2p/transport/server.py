@@ -23,7 +23,7 @@ import trio
 
 from trustix_p2p.core.keys import PrivateKey
 from trustix_p2p.core.noise import LocalIdentity
-from trustix_p2p.core.wire import Error, Ping, Pong
+from trustix_p2p.core.wire import REGISTRY, Error, MessageRegistry, Ping, Pong
 from trustix_p2p.errors import ConfigError, RemoteProtocolError
 from trustix_p2p.transport.address import format_host_port, parse_listen_address
 from trustix_p2p.transport.connection import CONNECTION_ERRORS, Connection, TransportLimits
@@ -56,6 +56,7 @@ class _Server:
     identity: LocalIdentity
     handler: Handler
     limits: TransportLimits
+    registry: MessageRegistry
     active: int = 0
 
     async def handle_tcp(self, tcp: trio.SocketStream) -> None:
@@ -85,7 +86,7 @@ class _Server:
             logger.info("handshake with %s failed: %s", remote, exc)
             return
         logger.info("connection from %s, peer %s", remote, peer.to_base64())
-        connection = Connection(stream, peer, remote, self.limits)
+        connection = Connection(stream, peer, remote, self.limits, self.registry)
         try:
             await self.handler(connection)
         except RemoteProtocolError as exc:
@@ -124,6 +125,7 @@ async def serve_noise(
     handler: Handler = answer_pings,
     *,
     limits: TransportLimits | None = None,
+    registry: MessageRegistry = REGISTRY,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve Noise connections on every `host:port` in `listen` until cancelled.
@@ -145,7 +147,7 @@ async def serve_noise(
             await trio.aclose_forcefully(listener)
         raise
     bound = [_listener_name(listener) for listener in listeners]
-    server = _Server(LocalIdentity.from_private_key(key), handler, limits)
+    server = _Server(LocalIdentity.from_private_key(key), handler, limits, registry)
     logger.info("listening for Noise connections on %s", ", ".join(bound))
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, server.handle_tcp, listeners)

@@ -75,7 +75,7 @@ class NoiseStream(trio.abc.HalfCloseableStream):
         self._handshake_lock = trio.Lock()
         self._peer: PublicKey | None = None
         # Decrypted plaintext not yet returned: self._pending[self._pending_pos:].
-        self._pending = b""
+        self._pending: bytes | bytearray = b""
         self._pending_pos = 0
         self._closed = False
         # Set once the peer or the session broke the stream; every later call raises it.
@@ -206,7 +206,7 @@ class NoiseStream(trio.abc.HalfCloseableStream):
 
     # ---- receiving ---------------------------------------------------------------------
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if max_bytes is None:
             max_bytes = DEFAULT_RECEIVE_SIZE
         else:
