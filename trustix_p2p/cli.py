@@ -20,6 +20,7 @@ _COMMAND_MODULES = [
     "trustix_p2p.commands.keys",
     "trustix_p2p.commands.log",
     "trustix_p2p.commands.node",
+    "trustix_p2p.commands.demo",
     "trustix_p2p.commands.net",
     "trustix_p2p.commands.nix",
 ]
