@@ -1,0 +1,250 @@
+"""The hook's logic without Nix: outputs from a .drv, entries, hand-over and spooling.
+
+A fake store directory under tmp_path stands in for /nix/store (store paths may live in any
+absolute store directory), and a fake `NixStore` answers what Nix's database would.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import attrs
+import pytest
+
+from trustix_p2p.core import nix32
+from trustix_p2p.core.entry import decode_entry
+from trustix_p2p.errors import ConfigError, LocalProtocolError, NixStoreError
+from trustix_p2p.nix.hook import (
+    build_entries,
+    encode_all,
+    entries_for_paths,
+    hand_over,
+    hook_outputs,
+)
+from trustix_p2p.nix.nardump import hash_path
+from trustix_p2p.nix.store import PathInfo
+from trustix_p2p.spool import pending_spool_files, read_spool
+
+BUILT_AT = 1_700_000_000
+
+
+def fake_path(store: Path, name: str) -> str:
+    return f"{store}/{nix32.encode(name.encode().ljust(20, b'.')[:20])}-{name}"
+
+
+@attrs.define
+class FakeStore:
+    """Answers like Nix's database for the paths the test registered."""
+
+    store_dir: str
+    infos: dict[str, PathInfo] = attrs.field(factory=dict)
+    outputs: dict[str, dict[str, str]] = attrs.field(factory=dict)
+
+    def path_infos(self, paths: Sequence[str]) -> list[PathInfo]:
+        missing = [p for p in paths if p not in self.infos]
+        if missing:
+            raise NixStoreError(f"{missing[0]} is not valid")
+        return [self.infos[p] for p in paths]
+
+    def derivation_outputs(self, drv_path: str) -> dict[str, str]:
+        return dict(self.outputs.get(drv_path, {}))
+
+
+@attrs.define
+class World:
+    store: FakeStore
+    drv: str
+    out: str
+    dev: str
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    store_dir = tmp_path / "store"
+    store_dir.mkdir()
+    out, dev = fake_path(store_dir, "pkg"), fake_path(store_dir, "pkg-dev")
+    drv = fake_path(store_dir, "pkg.drv")
+    Path(out).write_text("library\n")
+    Path(dev).mkdir()
+    (Path(dev) / "include").symlink_to(out)
+    Path(drv).write_text(
+        f'Derive([("dev","{dev}","",""),("out","{out}","","")],[],[],"x86_64-linux",'
+        f'"/bin/sh",[],[("name","pkg")])'
+    )
+    store = FakeStore(str(store_dir))
+    store.infos[out] = PathInfo(out, drv, (), bytes(32), 0)
+    store.infos[dev] = PathInfo(dev, drv, (os.path.basename(out),), bytes(32), 0)
+    return World(store, drv, out, dev)
+
+
+def test_empty_out_paths_means_every_output_of_the_derivation(world: World) -> None:
+    # Nix 2.8 runs the hook with OUT_PATHS="" (the case this project must handle).
+    drv, outputs = hook_outputs({"DRV_PATH": world.drv, "OUT_PATHS": ""}, world.store)
+    assert drv == world.drv
+    assert outputs == [("dev", world.dev), ("out", world.out)]
+
+
+def test_out_paths_when_nix_sets_it(world: World) -> None:
+    _, outputs = hook_outputs({"DRV_PATH": world.drv, "OUT_PATHS": world.out}, world.store)
+    assert outputs == [("out", world.out)]
+
+
+def test_floating_outputs_are_named_by_the_store(world: World, tmp_path: Path) -> None:
+    ca_drv = fake_path(Path(world.store.store_dir), "ca.drv")
+    Path(ca_drv).write_text('Derive([("out","","r:sha256","")],[],[],"s","b",[],[])')
+    world.store.outputs[ca_drv] = {"out": world.out}
+    _, outputs = hook_outputs({"DRV_PATH": ca_drv}, world.store)
+    assert outputs == [("out", world.out)]
+
+
+def test_a_path_that_is_no_output_is_an_error(world: World) -> None:
+    stranger = fake_path(Path(world.store.store_dir), "stranger")
+    with pytest.raises(NixStoreError, match="not an output"):
+        hook_outputs({"DRV_PATH": world.drv, "OUT_PATHS": stranger}, world.store)
+
+
+@pytest.mark.parametrize("env", [{}, {"DRV_PATH": ""}, {"DRV_PATH": "/etc/passwd"}])
+def test_running_outside_nix_is_a_one_line_config_error(world: World, env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        hook_outputs(env, world.store)
+    assert "\n" not in str(info.value)
+
+
+def test_entries_carry_our_nar_hash_and_the_stores_references(world: World) -> None:
+    _, outputs = hook_outputs({"DRV_PATH": world.drv}, world.store)
+    infos = world.store.path_infos([p for _, p in outputs])
+    entries = build_entries(outputs, infos, BUILT_AT, world.drv)
+    dev, out = entries
+    assert out.nar_hash == hash_path(world.out).sha256
+    assert out.nar_size == hash_path(world.out).size
+    assert dev.references == (os.path.basename(world.out),)
+    assert (dev.output_name, out.output_name) == ("dev", "out")
+    assert {e.deriver for e in entries} == {world.drv}
+    assert {e.built_at for e in entries} == {BUILT_AT}
+    leaves = encode_all(entries, world.store.store_dir)
+    assert [decode_entry(leaf, world.store.store_dir) for leaf in leaves] == entries
+
+
+def test_the_build_derivation_is_the_deriver_when_the_store_knows_none(world: World) -> None:
+    info = attrs.evolve(world.store.infos[world.out], deriver="")
+    (entry,) = build_entries([("out", world.out)], [info], BUILT_AT, world.drv)
+    assert entry.deriver == world.drv
+
+
+def test_submit_names_outputs_from_their_deriver(world: World) -> None:
+    entries = entries_for_paths([world.dev, world.out], world.store, BUILT_AT)
+    assert [e.output_name for e in entries] == ["dev", "out"]
+    with pytest.raises(ConfigError, match="not a store path"):
+        entries_for_paths(["/etc/passwd"], world.store, BUILT_AT)
+
+
+def test_an_output_holding_a_special_file_is_refused(world: World) -> None:
+    os.mkfifo(Path(world.dev) / "fifo")
+    _, outputs = hook_outputs({"DRV_PATH": world.drv}, world.store)
+    infos = world.store.path_infos([p for _, p in outputs])
+    with pytest.raises(LocalProtocolError, match="FIFO"):
+        build_entries(outputs, infos, BUILT_AT)
+
+
+# --- Hand-over ------------------------------------------------------------------------------
+
+
+def test_no_node_means_the_leaves_are_spooled(tmp_path: Path) -> None:
+    leaves = [b"leaf one", b"leaf two"]
+    result = hand_over(leaves, tmp_path / "absent.sock", tmp_path / "spool", timeout=1.0)
+    assert result.indices is None
+    assert result.spool_file is not None
+    assert pending_spool_files(tmp_path / "spool") == [result.spool_file]
+    assert read_spool(result.spool_file) == leaves
+
+
+@pytest.fixture
+def silent_node(tmp_path: Path) -> Iterator[Path]:
+    """A control socket that accepts connections and never answers (a hung node)."""
+    path = tmp_path / "hung.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen()
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.05)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    try:
+        yield path
+    finally:
+        stop.set()
+        thread.join()
+        for conn in accepted:
+            conn.close()
+        server.close()
+
+
+def test_a_hung_node_means_the_leaves_are_spooled_after_the_timeout(
+    tmp_path: Path, silent_node: Path
+) -> None:
+    result = hand_over([b"leaf"], silent_node, tmp_path / "spool", timeout=0.2)
+    assert result.spool_file is not None
+    assert read_spool(result.spool_file) == [b"leaf"]
+
+
+def test_an_unwritable_spool_is_a_one_line_config_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="spool") as info:
+        hand_over([b"leaf"], tmp_path / "absent.sock", blocker / "spool", timeout=0.2)
+    assert "\n" not in str(info.value)
+
+
+# --- The command line -----------------------------------------------------------------------
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trustix_p2p", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+
+
+def test_nix_hook_without_drv_path_exits_2_with_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(f'state_dir = "{tmp_path / "state"}"\n')
+    env = {k: v for k, v in os.environ.items() if k not in ("DRV_PATH", "OUT_PATHS")}
+    env["TRUSTIX_P2P_CONFIG"] = str(config)
+    proc = run_cli("nix-hook", env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1
+    assert "DRV_PATH" in proc.stderr
+
+
+def test_nix_hook_with_a_missing_config_exits_2_with_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "TRUSTIX_P2P_CONFIG": str(tmp_path / "missing.toml")}
+    proc = run_cli("nix-hook", env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1
+    assert "missing.toml" in proc.stderr
+
+
+def test_nar_hash_command_prints_hash_and_size(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"hello\n")
+    proc = run_cli("nar-hash", str(tmp_path / "f"), env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr
+    # tests/vectors/nar.json "file-only": the same contents, hashed by Nix 2.8.
+    assert proc.stdout == "sha256:04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw 120\n"
