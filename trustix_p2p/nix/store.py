@@ -235,12 +235,15 @@ class CliNixStore:
         # `--query --outputs` gives paths without names.  An output's path name is the
         # derivation name, plus "-<output>" unless the output is "out" (Nix's
         # `outputPathName`); that recovers the names.
-        drv_name = parse_store_path(drv_path, self.store_dir).name.removesuffix(".drv")
         outputs: dict[str, str] = {}
-        for path in self._run(["--query", "--outputs", drv_path]).split():
-            name = parse_store_path(path, self.store_dir).name
-            output = "out" if name == drv_name else name.removeprefix(drv_name + "-")
-            outputs[output] = path
+        try:
+            drv_name = parse_store_path(drv_path, self.store_dir).name.removesuffix(".drv")
+            for path in self._run(["--query", "--outputs", drv_path]).split():
+                name = parse_store_path(path, self.store_dir).name
+                output = "out" if name == drv_name else name.removeprefix(drv_name + "-")
+                outputs[output] = path
+        except DecodeError as exc:
+            raise NixStoreError(f"nix-store returned an invalid output path: {exc}") from exc
         return outputs
 
 
