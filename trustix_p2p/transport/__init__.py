@@ -16,7 +16,9 @@ from trustix_p2p.transport.connection import (
     PeerUnreachableError,
     TransportLimits,
     connect,
+    open_connection,
     ping,
+    run_connection,
 )
 from trustix_p2p.transport.server import Handler, answer_pings, serve_noise
 from trustix_p2p.transport.stream import NoiseStream
@@ -32,8 +34,10 @@ __all__ = [
     "answer_pings",
     "connect",
     "format_host_port",
+    "open_connection",
     "parse_listen_address",
     "parse_peer_address",
     "ping",
+    "run_connection",
     "serve_noise",
 ]

@@ -11,6 +11,9 @@ silent peer: every receive is bounded by the idle timeout.
 
 from __future__ import annotations
 
+import contextlib
+import enum
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
 import attrs
@@ -28,7 +31,7 @@ from trustix_p2p.core.wire import (
     Pong,
     encode_message,
 )
-from trustix_p2p.errors import RemoteProtocolError, TrustixError
+from trustix_p2p.errors import LocalProtocolError, RemoteProtocolError, TrustixError
 from trustix_p2p.transport.address import PeerAddress, parse_peer_address
 from trustix_p2p.transport.stream import NoiseStream
 
@@ -38,10 +41,16 @@ __all__ = [
     "PeerUnreachableError",
     "TransportLimits",
     "connect",
+    "open_connection",
     "ping",
+    "run_connection",
 ]
 
 _RECEIVE_SIZE: Final = 256 * 1024
+_FLUSH_THRESHOLD: Final = 64 * 1024
+_OUTBOX_HIGH_WATER: Final = 1024 * 1024
+# How long closing waits for queued messages to leave.
+_FLUSH_TIMEOUT: Final = 5.0
 
 # What a connection can raise because of the peer or the network (as opposed to a bug).
 CONNECTION_ERRORS: Final = (TrustixError, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -66,12 +75,26 @@ class TransportLimits:
     max_message_size: int = attrs.field(default=DEFAULT_MAX_MESSAGE_SIZE, validator=_positive)
 
 
+class _SendMode(enum.Enum):
+    DIRECT = "direct"  # no writer task: send_message writes to the stream itself
+    QUEUED = "queued"  # run_writer is running: send_message queues, the writer batches
+    STOPPED = "stopped"  # the writer has ended: nothing more can be sent
+
+
 @attrs.define(eq=False)
 class Connection:
     """A handshaken Noise connection carrying typed messages.
 
-    Several tasks may call `send_message` at once (sends are serialised whole); one task at a
-    time may call `receive_message`.
+    Sending has two modes.  Without a writer task, `send_message` writes each message to the
+    stream itself (one Noise message and one socket write per call).  Once `run_writer()` is
+    running in a nursery (`serve_noise` and `open_connection` do this), `send_message` only
+    queues: the writer sends everything queued since its last write in one batch, packed
+    into as few Noise messages as fit, which is what makes small messages cheap.  Queued
+    sends are a cancellation point every time and a scheduling point whenever 64 KiB are
+    waiting; more than `_OUTBOX_HIGH_WATER` bytes queued makes senders wait (backpressure).
+    `flush()` waits until the queue has been handed to the stream.
+
+    Several tasks may send at once; one task at a time may call `receive_message`.
     """
 
     stream: NoiseStream
@@ -81,18 +104,90 @@ class Connection:
     registry: MessageRegistry = REGISTRY
     _reader: MessageReader = attrs.field(init=False)
     _send_lock: trio.Lock = attrs.field(init=False, factory=trio.Lock)
+    _mode: _SendMode = attrs.field(init=False, default=_SendMode.DIRECT)
+    _outbox: list[bytes] = attrs.field(init=False, factory=list)
+    _outbox_size: int = attrs.field(init=False, default=0)
+    _in_flight: bool = attrs.field(init=False, default=False)
+    _writer_error: BaseException | None = attrs.field(init=False, default=None)
+    _wake_writer: trio.lowlevel.ParkingLot = attrs.field(
+        init=False, factory=trio.lowlevel.ParkingLot
+    )
+    _wake_senders: trio.lowlevel.ParkingLot = attrs.field(
+        init=False, factory=trio.lowlevel.ParkingLot
+    )
 
     def __attrs_post_init__(self) -> None:
         self._reader = MessageReader(
             registry=self.registry, max_message_size=self.limits.max_message_size
         )
 
+    # ---- sending -----------------------------------------------------------------------
+
+    def _check_writer(self) -> None:
+        if self._mode is _SendMode.STOPPED:
+            if self._writer_error is not None:
+                raise trio.BrokenResourceError(
+                    "the connection failed while sending"
+                ) from self._writer_error
+            raise trio.ClosedResourceError("the connection's writer has stopped")
+
     async def send_message(self, message: Message) -> None:
         data = encode_message(
             message, registry=self.registry, max_message_size=self.limits.max_message_size
         )
-        async with self._send_lock:
-            await self.stream.send_all(data)
+        if self._mode is _SendMode.DIRECT:
+            async with self._send_lock:
+                await self.stream.send_all(data)
+            return
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            self._check_writer()
+            if self._outbox_size < _OUTBOX_HIGH_WATER:
+                break
+            await self._wake_senders.park()
+        self._outbox.append(data)
+        self._outbox_size += len(data)
+        self._wake_writer.unpark_all()
+        if self._outbox_size >= _FLUSH_THRESHOLD:
+            # Let the writer (and everyone else) run before queueing more.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def run_writer(self) -> None:
+        """Send queued messages in batches until cancelled (see the class docstring).
+
+        Transport failures end the writer quietly; they are raised to the next sender.
+        """
+        if self._mode is not _SendMode.DIRECT:
+            raise LocalProtocolError("run_writer is already running or has run")
+        self._mode = _SendMode.QUEUED
+        try:
+            while True:
+                while not self._outbox:
+                    await self._wake_writer.park()
+                batch = self._outbox
+                self._outbox = []
+                self._outbox_size = 0
+                self._in_flight = True
+                self._wake_senders.unpark_all()
+                await self.stream.send_all(batch[0] if len(batch) == 1 else b"".join(batch))
+                self._in_flight = False
+                if not self._outbox:
+                    self._wake_senders.unpark_all()
+        except CONNECTION_ERRORS as exc:
+            self._writer_error = exc
+        finally:
+            self._mode = _SendMode.STOPPED
+            self._in_flight = False
+            self._wake_senders.unpark_all()
+
+    async def flush(self) -> None:
+        """Wait until every queued message has been written to the stream."""
+        while self._outbox or self._in_flight:
+            self._check_writer()
+            await self._wake_senders.park()
+        await trio.lowlevel.checkpoint()
+
+    # ---- receiving ---------------------------------------------------------------------
 
     async def receive_message(self) -> Message | None:
         """The next message, or None when the peer ended the stream cleanly.
@@ -120,6 +215,66 @@ class Connection:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+async def _flush_quietly(connection: Connection) -> None:
+    with (
+        trio.move_on_after(_FLUSH_TIMEOUT),
+        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+    ):
+        await connection.flush()
+
+
+async def run_connection(
+    connection: Connection, body: Callable[[Connection], Awaitable[None]]
+) -> None:
+    """Run `body(connection)` with the connection's writer, then flush (bounded) and stop it.
+
+    An exception from `body` propagates as itself, not wrapped in an exception group.
+    """
+    failure: Exception | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connection.run_writer)
+        try:
+            await body(connection)
+            await _flush_quietly(connection)
+        except Exception as exc:
+            # Re-raised below, outside the nursery, so callers can catch it by type.
+            failure = exc
+        finally:
+            nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+
+
+@contextlib.asynccontextmanager
+async def open_connection(
+    address: str | PeerAddress,
+    key: PrivateKey | LocalIdentity,
+    *,
+    limits: TransportLimits | None = None,
+    registry: MessageRegistry = REGISTRY,
+) -> AsyncIterator[Connection]:
+    """`connect()`, with the batching writer running while the block runs; closes on exit.
+
+    An exception from the block propagates as itself, not wrapped in an exception group.
+    """
+    connection = await connect(address, key, limits=limits, registry=registry)
+    failure: Exception | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(connection.run_writer)
+            try:
+                yield connection
+                await _flush_quietly(connection)
+            except Exception as exc:
+                failure = exc
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        await connection.aclose()
+    if failure is not None:
+        raise failure
 
 
 async def connect(

@@ -26,7 +26,12 @@ from trustix_p2p.core.noise import LocalIdentity
 from trustix_p2p.core.wire import REGISTRY, Error, MessageRegistry, Ping, Pong
 from trustix_p2p.errors import ConfigError, RemoteProtocolError
 from trustix_p2p.transport.address import format_host_port, parse_listen_address
-from trustix_p2p.transport.connection import CONNECTION_ERRORS, Connection, TransportLimits
+from trustix_p2p.transport.connection import (
+    CONNECTION_ERRORS,
+    Connection,
+    TransportLimits,
+    run_connection,
+)
 from trustix_p2p.transport.stream import NoiseStream
 
 __all__ = ["Handler", "answer_pings", "serve_noise"]
@@ -88,10 +93,7 @@ class _Server:
         logger.info("connection from %s, peer %s", remote, peer.to_base64())
         connection = Connection(stream, peer, remote, self.limits, self.registry)
         try:
-            await self.handler(connection)
-        except RemoteProtocolError as exc:
-            logger.info("closing connection from %s (%s): %s", remote, peer.to_base64(), exc)
-            await _say_goodbye(connection, str(exc))
+            await run_connection(connection, self._handle)
         except CONNECTION_ERRORS as exc:
             logger.info("connection from %s (%s) ended: %s", remote, peer.to_base64(), exc)
         except Exception:
@@ -99,12 +101,25 @@ class _Server:
             # logged with its traceback, loudly, and only this connection ends.
             logger.exception("handler failed on connection from %s", remote)
 
+    async def _handle(self, connection: Connection) -> None:
+        try:
+            await self.handler(connection)
+        except RemoteProtocolError as exc:
+            logger.info(
+                "closing connection from %s (%s): %s",
+                connection.remote_address,
+                connection.peer_key.to_base64(),
+                exc,
+            )
+            await _say_goodbye(connection, str(exc))
+
 
 async def _say_goodbye(connection: Connection, reason: str) -> None:
     """Best effort: tell the peer why we close (only if the stream can still carry it)."""
     with trio.move_on_after(_GOODBYE_TIMEOUT):
         try:
             await connection.send_message(Error(reason[:512]))
+            await connection.flush()
         except (*CONNECTION_ERRORS, trio.BusyResourceError):
             pass
 

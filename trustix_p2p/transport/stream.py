@@ -44,7 +44,7 @@ from trustix_p2p.errors import LocalProtocolError, RemoteProtocolError
 __all__ = ["DEFAULT_RECEIVE_SIZE", "NoiseStream"]
 
 # Bytes asked of the underlying stream per read; one whole Noise message plus its prefix.
-_TRANSPORT_RECEIVE_SIZE: Final = 65537
+_TRANSPORT_RECEIVE_SIZE: Final = 256 * 1024
 DEFAULT_RECEIVE_SIZE: Final = 65536
 # Frames encrypted per underlying send_all: big sends are cheap, but bound the memory.
 _FRAMES_PER_SEND: Final = 4
