@@ -716,6 +716,9 @@ class NoiseSession:
     def next_event(self) -> Event:
         """Process buffered bytes into the next event (see the class docstring)."""
         self._check_alive()
+        if self.role is Role.INITIATOR and self._handshake.phase is Phase.MESSAGE_1:
+            # Misuse, detected before any state changed: the session stays usable.
+            raise LocalProtocolError("initiate() must be called before reading")
         try:
             return self._next_event()
         except BaseException:
@@ -725,8 +728,6 @@ class NoiseSession:
 
     def _next_event(self) -> Event:
         if self._recv is None:
-            if self.role is Role.INITIATOR and self._handshake.phase is Phase.MESSAGE_1:
-                raise LocalProtocolError("initiate() must be called before reading")
             frame = self._take_frame()
             if frame is None:
                 return NEED_DATA
