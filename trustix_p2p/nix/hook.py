@@ -37,7 +37,6 @@ from trustix_p2p.errors import ConfigError, DecodeError, NixStoreError, NodeUnav
 from trustix_p2p.nix.drv import read_derivation
 from trustix_p2p.nix.nardump import hash_path
 from trustix_p2p.nix.store import NixStore, PathInfo
-from trustix_p2p.spool import write_spool
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -162,6 +161,9 @@ def hand_over(
     try:
         indices = submit_leaves(socket_path, leaves, timeout)
     except NodeUnavailableError as exc:
+        # Imported only when needed: every import is start-up time on every build.
+        from trustix_p2p.spool import write_spool
+
         try:
             spooled = write_spool(spool_dir, leaves)
         except OSError as spool_exc:

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
-import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -111,7 +109,9 @@ class SqliteNixStore:
         if schema != _SCHEMA_VERSION:
             raise NixStoreError(f"Nix database schema {schema!r} is not {_SCHEMA_VERSION}")
         store = cls(db, store_dir)
-        uri = f"file:{urllib.parse.quote(os.fspath(db))}?mode=ro"
+        # SQLite URI: only '%', '?' and '#' are special in the path part.
+        quoted = os.fspath(db).replace("%", "%25").replace("?", "%3F").replace("#", "%23")
+        uri = f"file:{quoted}?mode=ro"
         try:
             # A short busy timeout: WAL readers are not blocked by Nix's writer, and a
             # checkpoint holds the lock only briefly.
@@ -185,6 +185,8 @@ class CliNixStore:
     timeout: float = 60.0
 
     def _run(self, args: Sequence[str]) -> str:
+        import subprocess  # only on this fallback path: the hook's start-up time counts
+
         try:
             proc = subprocess.run(
                 [self.nix_store, *args],
