@@ -286,8 +286,9 @@ async def connect(
 ) -> Connection:
     """Dial `address` over TCP and complete the handshake within `limits.handshake_timeout`.
 
-    Raises `PeerUnreachableError` if TCP fails, `RemoteProtocolError` (incl. `NoiseError`) if
-    the handshake fails, times out, or the peer is not the key pinned in the address.
+    Raises `PeerUnreachableError` if TCP fails or the peer hangs up during the handshake, and
+    `RemoteProtocolError` (incl. `NoiseError`) if the handshake fails, times out, or the peer
+    is not the key pinned in the address.
     """
     limits = limits or TransportLimits()
     peer_address = parse_peer_address(address) if isinstance(address, str) else address
@@ -310,6 +311,9 @@ async def connect(
     )
     try:
         peer = await stream.do_handshake()
+    except trio.BrokenResourceError as exc:
+        await trio.aclose_forcefully(stream)
+        raise PeerUnreachableError(f"{peer_address}: {exc}") from exc
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise

@@ -199,7 +199,9 @@ class NoiseStream(trio.abc.HalfCloseableStream):
             if event is NEED_DATA:
                 data = await self._receive_raw()
                 if not data:
-                    raise RemoteProtocolError("peer closed the connection during the handshake")
+                    raise trio.BrokenResourceError(
+                        "peer closed the connection during the handshake"
+                    )
                 session.receive_data(data)
             else:  # pragma: no cover - the session emits nothing else before the handshake ends
                 raise LocalProtocolError(f"unexpected {event!r} during the handshake")
