@@ -26,6 +26,7 @@ from trustix_p2p.nix.hook import (
     entries_for_paths,
     hand_over,
     hook_outputs,
+    submit_once,
 )
 from trustix_p2p.nix.nardump import hash_path
 from trustix_p2p.nix.store import PathInfo
@@ -162,6 +163,15 @@ def test_no_node_means_the_leaves_are_spooled(tmp_path: Path) -> None:
     assert result.spool_file is not None
     assert pending_spool_files(tmp_path / "spool") == [result.spool_file]
     assert read_spool(result.spool_file) == leaves
+
+
+def test_submit_with_no_node_spools_the_encoded_entries(world: World, tmp_path: Path) -> None:
+    entries = entries_for_paths([world.out], world.store, BUILT_AT)
+    result = submit_once(
+        entries, world.store.store_dir, tmp_path / "absent.sock", tmp_path / "spool", 1.0
+    )
+    assert result.spool_file is not None
+    assert read_spool(result.spool_file) == encode_all(entries, world.store.store_dir)
 
 
 @pytest.fixture

@@ -282,6 +282,9 @@ def test_submit_hands_over_a_store_path_idempotently(builder: Builder) -> None:
     env = {**os.environ, "TRUSTIX_P2P_CONFIG": str(builder.config)}
     builder.start()
     first = run_trustix("submit", *paths, env=env)
+    # Cross a second boundary so the re-submission's entry differs in built_at: only the
+    # lookup of the identical build in the node's log can keep it from being logged twice.
+    time.sleep(1.1)
     again = run_trustix("submit", *paths, env=env)
     assert first == again == f"0 {paths[0]}\n"
     builder.stop()

@@ -47,7 +47,8 @@ def register(subparsers: Any) -> None:
         "submit",
         help="log valid store paths through the local node",
         description="Hash and log valid store paths through the local node (spooled if it "
-        "is down); prints '<log index> <store path>' per path.",
+        "is down); prints '<log index> <store path>' per path.  A path whose identical "
+        "entry (all but the time) is already in the node's log is not logged again.",
     )
     p.add_argument("paths", metavar="STORE_PATH", nargs="+")
     _add_node_options(p)
@@ -117,13 +118,14 @@ def cmd_nix_hook(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from trustix_p2p.nix.hook import entries_for_paths
+    from trustix_p2p.nix.hook import DEFAULT_TIMEOUT, entries_for_paths, submit_once
     from trustix_p2p.nix.store import open_nix_store
 
     config = load_node_config(args.config or default_config_path())
     store = open_nix_store()
     entries = entries_for_paths(args.paths, store, int(time.time()))
-    result = _hand_over(args, config, entries, store.store_dir)
+    timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
+    result = submit_once(entries, store.store_dir, config.socket_path, config.spool_path, timeout)
     if result.spool_file is not None:
         print(f"node unavailable ({result.reason}); spooled to {result.spool_file}")
     else:

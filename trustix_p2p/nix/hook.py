@@ -30,8 +30,8 @@ from pathlib import Path
 
 import attrs
 
-from trustix_p2p.control.client import submit_leaves
-from trustix_p2p.core.entry import Entry, encode_entry
+from trustix_p2p.control.client import ControlClient, submit_leaves
+from trustix_p2p.core.entry import Entry, decode_entry, encode_entry
 from trustix_p2p.core.storepath import parse_store_path
 from trustix_p2p.errors import ConfigError, DecodeError, NixStoreError, NodeUnavailableError
 from trustix_p2p.nix.drv import read_derivation
@@ -46,6 +46,7 @@ __all__ = [
     "entries_for_paths",
     "hand_over",
     "hook_outputs",
+    "submit_once",
 ]
 
 #: How long the hook waits for the node before spooling.  A healthy node acknowledges a
@@ -173,6 +174,50 @@ def hand_over(
             ) from spool_exc
         return HandOver(None, spooled, str(exc))
     return HandOver(tuple(indices), None)
+
+
+def _same_build(logged: Entry, new: Entry) -> bool:
+    """Whether `logged` already records what `new` would (everything but the time)."""
+    return attrs.evolve(logged, built_at=new.built_at) == new
+
+
+def submit_once(
+    entries: Sequence[Entry],
+    store_dir: str,
+    socket_path: Path,
+    spool_dir: Path,
+    timeout: float,
+) -> HandOver:
+    """Hand over entries, skipping those the node's own log already holds (but for the time).
+
+    For `submit`, which scripts may re-run: submitting the same store path twice must not
+    grow the log.  (The hook does not ask: a rebuild is a real event worth a new entry.)
+    Returns the log index of every entry, old or new; spools like `hand_over` when the node
+    is unavailable.
+    """
+    leaves = encode_all(entries, store_dir)
+    try:
+        with ControlClient(socket_path, timeout) as client:
+            own_log = client.status().log_id
+            indices: list[int | None] = [None] * len(entries)
+            for i, entry in enumerate(entries):
+                for hit in client.lookup(entry.out_path):
+                    if hit.log_id != own_log:
+                        continue
+                    try:
+                        logged = decode_entry(hit.leaf, store_dir)
+                    except DecodeError:
+                        continue  # another store directory's entry; not ours to match
+                    if _same_build(logged, entry):
+                        indices[i] = hit.index
+                        break
+            todo = [i for i, index in enumerate(indices) if index is None]
+            if todo:
+                for i, index in zip(todo, client.submit([leaves[i] for i in todo]), strict=True):
+                    indices[i] = index
+    except NodeUnavailableError:
+        return hand_over(leaves, socket_path, spool_dir, timeout)
+    return HandOver(tuple(i for i in indices if i is not None), None)
 
 
 def encode_all(entries: Sequence[Entry], store_dir: str) -> list[bytes]:
