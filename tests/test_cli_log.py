@@ -237,9 +237,9 @@ def test_verify_reports_a_flipped_byte_in_a_subtree_hash(
     )
     db = plyvel.DB(str(state / "db"))
     num = db.get(b"I" + pub.log_id())
-    k = b"L" + num + bytes((2,)) + (0).to_bytes(8, "big")
+    k = b"E" + num + (3).to_bytes(8, "big")  # leaf 3 completes node (2, 0)
     v = bytearray(db.get(k))
-    v[5] ^= 0x40
+    v[2 * 32 + 5] ^= 0x40
     db.put(k, bytes(v))
     db.close()
     code, out, _ = run(capsys, "log", "verify", "--state", str(state))

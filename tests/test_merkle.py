@@ -263,3 +263,20 @@ def test_frontier_restores_from_stored_nodes() -> None:
     restored.append(extra)
     tree.frontier.append(extra)
     assert restored.root() == tree.frontier.root() == ref.mth([*leaves, b"next"])
+
+
+@settings(max_examples=50, deadline=None)
+@given(sizes=st.lists(st.integers(0, 40), max_size=6))
+def test_frontier_extend_grouped_equals_repeated_append(sizes: list[int]) -> None:
+    one, many = merkle.MerkleFrontier(), merkle.MerkleFrontier()
+    counter = 0
+    for n in sizes:
+        hashes = [merkle.leaf_hash(str(counter + i).encode()) for i in range(n)]
+        grouped = many.extend_grouped(hashes)
+        for i, h in enumerate(hashes):
+            interior = [x for x in one.append(h) if x[0] > 0]
+            assert grouped[i] == b"".join(x[2] for x in interior)
+            # Leaf i completes node (level, idx) exactly when i == (idx + 1) * 2**level - 1.
+            assert all((idx + 1) << level == counter + i + 1 for level, idx, _ in interior)
+        counter += n
+        assert one.root() == many.root() and one.size == many.size

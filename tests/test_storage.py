@@ -105,19 +105,22 @@ def test_many_logs_live_side_by_side(tmp_path: Path) -> None:
             store.open_log(keys[1].public_key, own=True)
 
 
-def _flip_value(db_path: Path, key: bytes) -> None:
+def _flip_value(db_path: Path, where: tuple[bytes, int]) -> None:
     import plyvel
 
+    key, offset = where
     db = plyvel.DB(str(db_path))
     value = bytearray(db.get(key))
-    value[0] ^= 0x01
+    value[offset] ^= 0x01
     db.put(key, bytes(value))
     db.close()
 
 
-def _node_key(store: Store, log_id: bytes, level: int, index: int) -> bytes:
+def _node_key(store: Store, log_id: bytes, level: int, index: int) -> tuple[bytes, int]:
+    """Where node (level, index) is stored: in the record of the leaf that completed it."""
     num = store.db.get(b"I" + log_id)
-    return b"L" + num + bytes((level,)) + index.to_bytes(8, "big")
+    leaf = ((index + 1) << level) - 1
+    return b"E" + num + leaf.to_bytes(8, "big"), level * 32
 
 
 def test_a_flipped_byte_in_a_stored_subtree_hash_is_detected(tmp_path: Path) -> None:
@@ -144,7 +147,7 @@ def test_a_damaged_leaf_is_detected(tmp_path: Path) -> None:
         log = store.open_log(KEY.public_key, own=True)
         log.append([f.record(i) for i in range(5)], sign=signer())
         num = store.db.get(b"I" + log.log_id)
-    _flip_value(db, b"E" + num + (3).to_bytes(8, "big"))
+    _flip_value(db, (b"E" + num + (2).to_bytes(8, "big"), 40))  # leaf 2's bytes
     with Store(db) as store:
         report = store.log(KEY.public_key.log_id()).verify()
         assert not report.ok

@@ -6,14 +6,19 @@ number (so keys stay short) and its data lives under these key prefixes:
     b"I" + log_id                         -> local number (4 bytes)
     b"A" + num                            -> log metadata: msgpack [log_id, public key, own]
     b"N" + num                            -> number of stored entries (8 bytes, big-endian)
-    b"L" + num + level(1) + index(8)      -> hash of the perfect subtree (level, index);
-                                             level 0 holds the leaf hashes
-    b"E" + num + index(8)                 -> the leaf bytes, exactly as written by the builder
-    b"P" + num + out_path + 0x00 + index  -> b"" (out path -> leaf positions)
-    b"H" + num + leaf_hash                -> index of the first leaf with these bytes
-                                             (own log only: makes submission idempotent)
+    b"E" + num + index(8)                 -> the leaf record (below)
+    b"P" + num + out_path + 0x00 + lh     -> index(8): out path -> leaf positions; in the own
+                                             log also leaf -> index (idempotent submission)
+    b"P" + num + out_path + 0x00 + lh + index(8) -> index(8): the same for mirrored logs,
+                                             whose builder may log identical leaves twice
     b"C" + num                            -> latest checkpoint note bytes, exactly as signed
     b"K" + num + size(8) + sha256(note)   -> every checkpoint note kept for this log
+
+A leaf record holds everything the Merkle tree needs at that position, so an append writes two
+keys per entry: the leaf hash, then the hashes of the perfect subtrees this leaf completes
+(levels 1..k, where k is the number of trailing one bits of its index: leaf i completes node
+(level, idx) exactly when i = (idx + 1) * 2**level - 1), then the leaf bytes exactly as the
+builder wrote them.  Node (level, idx) is therefore one read of leaf ((idx + 1) << level) - 1.
 
 Proofs read only perfect-subtree hashes, O(log n) of them (core.merkle); nothing here rebuilds a
 tree from its leaves except `verify`, which exists to do exactly that.  Writes that belong together
@@ -55,6 +60,14 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _SCHEMA_KEY = b"!schema"
 _SCHEMA_VERSION = b"1"
+_CACHED_LEVEL = 4
+_NODE_CACHE_MAX = 1 << 18
+_HS = merkle.HASH_SIZE
+
+
+def _completed_levels(index: int) -> int:
+    """How many interior subtrees leaf `index` completes: its trailing one bits."""
+    return (index ^ (index + 1)).bit_length() - 1
 
 
 @attrs.frozen
@@ -87,7 +100,13 @@ class Store:
         if not create and not self.path.is_dir():
             raise StoreError(f"no store at {self.path} (is this a node's state directory?)")
         try:
-            self.db: Any = plyvel.DB(str(self.path), create_if_missing=create)
+            self.db: Any = plyvel.DB(
+                str(self.path),
+                create_if_missing=create,
+                bloom_filter_bits=10,  # cheap misses for the deduplication index
+                write_buffer_size=32 << 20,
+                lru_cache_size=64 << 20,
+            )
         except plyvel.IOError as exc:
             hint = " (is a node still running on it?)" if "lock" in str(exc).lower() else ""
             raise StoreError(f"cannot open the store at {self.path}: {exc}{hint}") from exc
@@ -165,8 +184,15 @@ class LogStore:
     own: bool = attrs.field(init=False)
     _frontier: merkle.MerkleFrontier | None = attrs.field(init=False, default=None)
     _checkpoint: SignedCheckpoint | None = attrs.field(init=False, default=None)
+    _prefix_e: bytes = attrs.field(init=False)
+    _prefix_p: bytes = attrs.field(init=False)
+    # Complete subtrees never change, so the upper levels (few: n / 2**level of them) are
+    # kept in memory; proofs then read only their lowest levels from LevelDB.
+    _node_cache: dict[tuple[int, int], bytes] = attrs.field(init=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
+        self._prefix_e = b"E" + self.num
+        self._prefix_p = b"P" + self.num
         raw = self.store.db.get(b"A" + self.num)
         if raw is None:
             raise StoreCorruptError(f"log {self.log_id.hex()} has no metadata")
@@ -194,26 +220,41 @@ class LogStore:
         size: int = _U64.unpack(raw)[0]
         return size
 
+    def _record(self, index: int) -> bytes | None:
+        raw: bytes | None = self.db.get(self._prefix_e + _U64.pack(index))
+        return raw
+
     def node(self, level: int, index: int) -> bytes:
         """Hash of the perfect subtree (level, index); StoreCorruptError if missing or malformed."""
-        h = self.db.get(b"L" + self.num + bytes((level,)) + _U64.pack(index))
-        if h is None or len(h) != merkle.HASH_SIZE:
+        if level >= _CACHED_LEVEL:
+            cached = self._node_cache.get((level, index))
+            if cached is not None:
+                return cached
+        raw = self._record(((index + 1) << level) - 1)
+        if raw is None or len(raw) < (level + 1) * _HS:
             raise StoreCorruptError(
                 f"log {self.log_id.hex()}: node ({level}, {index}) is missing or damaged"
             )
-        result: bytes = h
-        return result
+        h = raw[level * _HS : (level + 1) * _HS]
+        if level >= _CACHED_LEVEL:
+            if len(self._node_cache) >= _NODE_CACHE_MAX:
+                self._node_cache.clear()
+            self._node_cache[(level, index)] = h
+        return h
 
     def leaf(self, index: int) -> bytes:
-        raw = self.db.get(b"E" + self.num + _U64.pack(index))
+        raw = self._record(index)
         if raw is None:
             raise StoreError(f"log {self.log_id.hex()} has no entry {index}")
-        result: bytes = raw
-        return result
+        return raw[(_completed_levels(index) + 1) * _HS :]
 
     def leaves(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
         """Leaves [start, end) in order, as (index, leaf bytes)."""
-        prefix = b"E" + self.num
+        for index, record in self._records(start, end):
+            yield index, record[(_completed_levels(index) + 1) * _HS :]
+
+    def _records(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+        prefix = self._prefix_e
         it = self.db.iterator(start=prefix + _U64.pack(start), stop=prefix + _U64.pack(end))
         for key, value in it:
             yield _U64.unpack(key[-8:])[0], value
@@ -232,14 +273,14 @@ class LogStore:
 
     def lookup(self, out_path: str) -> list[int]:
         """Positions of every leaf about `out_path`, in log order."""
-        prefix = b"P" + self.num + out_path.encode() + b"\x00"
-        return [
-            _U64.unpack(k[-8:])[0] for k in self.db.iterator(prefix=prefix, include_value=False)
-        ]
+        prefix = self._prefix_p + out_path.encode() + b"\x00"
+        return sorted(
+            _U64.unpack(v)[0] for v in self.db.iterator(prefix=prefix, include_key=False)
+        )
 
-    def index_of(self, leaf: bytes) -> int | None:
-        """Position of the first identical leaf (own log only), or None."""
-        raw = self.db.get(b"H" + self.num + merkle.leaf_hash(leaf))
+    def index_of(self, leaf: bytes, out_path: str) -> int | None:
+        """Position of this exact leaf in the own log, or None."""
+        raw = self.db.get(self._prefix_p + out_path.encode() + b"\x00" + merkle.leaf_hash(leaf))
         return None if raw is None else int(_U64.unpack(raw)[0])
 
     def checkpoint(self) -> SignedCheckpoint | None:
@@ -292,44 +333,40 @@ class LogStore:
         frontier = self.frontier()
         start_size = frontier.size
         edge_backup = frontier.edge()
-        indices: list[int] = []
-        seen: dict[bytes, int] = {}
-        num = self.num
-        prefix_l = b"L" + num
-        prefix_e = b"E" + num
-        prefix_p = b"P" + num
-        prefix_h = b"H" + num
-        pack = _U64.pack
-        dedupe = self.own
+        sha = hashlib.sha256
+        own = self.own
+        # Batch-shaped on purpose: list comprehensions over the whole batch are markedly faster
+        # here than one Python-level pass per leaf doing everything.
+        hashes = [sha(b"\x00" + r.leaf).digest() for r in records]
+        prefix_p = self._prefix_p
+        index_keys = [
+            prefix_p + r.out_path.encode() + b"\x00" + lh
+            for r, lh in zip(records, hashes, strict=True)
+        ]
+        if own:
+            indices, keep = self._deduplicate(index_keys, start_size)
+            if len(keep) != len(records):
+                records = [records[i] for i in keep]
+                hashes = [hashes[i] for i in keep]
+                index_keys = [index_keys[i] for i in keep]
+        else:
+            indices = list(range(start_size, start_size + len(records)))
         wb = self.db.write_batch(sync=True)
         try:
-            for record in records:
-                leaf = record.leaf
-                lh = merkle.leaf_hash(leaf)
-                if dedupe:
-                    existing = seen.get(lh)
-                    if existing is None:
-                        raw = self.db.get(prefix_h + lh)
-                        existing = None if raw is None else _U64.unpack(raw)[0]
-                    if existing is not None:
-                        indices.append(existing)
-                        continue
-                index = frontier.size
-                for level, idx, h in frontier.append(lh):
-                    wb.put(prefix_l + bytes((level,)) + pack(idx), h)
-                key_index = pack(index)
-                wb.put(prefix_e + key_index, leaf)
-                wb.put(prefix_p + record.out_path.encode() + b"\x00" + key_index, b"")
-                if dedupe:
-                    wb.put(prefix_h + lh, key_index)
-                    seen[lh] = index
-                indices.append(index)
+            completed = frontier.extend_grouped(hashes)
+            put = wb.put
+            pack = _U64.pack
+            prefix_e = self._prefix_e
+            for offset, record in enumerate(records):
+                key = pack(start_size + offset)
+                put(prefix_e + key, hashes[offset] + completed[offset] + record.leaf)
+                put(index_keys[offset] if own else index_keys[offset] + key, key)
             if sign is not None:
                 checkpoint = sign(frontier.size, frontier.root())
             if checkpoint is not None:
                 self._check_checkpoint(checkpoint, frontier.size, frontier.root())
                 self._put_checkpoint(wb, checkpoint)
-            wb.put(b"N" + num, pack(frontier.size))
+            put(b"N" + self.num, pack(frontier.size))
             wb.write()
         except BaseException:
             wb.clear()
@@ -338,6 +375,32 @@ class LogStore:
         if checkpoint is not None:
             self._checkpoint = checkpoint
         return indices
+
+    def _deduplicate(self, index_keys: list[bytes], start: int) -> tuple[list[int], list[int]]:
+        """Own log: the index every leaf gets, and the positions of the leaves to write.
+
+        A leaf already in the log (or repeated within the batch) keeps its existing index.
+        """
+        get = self.db.get
+        stored = [get(key) for key in index_keys]
+        if stored.count(None) == len(stored) and len(set(index_keys)) == len(index_keys):
+            return list(range(start, start + len(index_keys))), list(range(len(index_keys)))
+        indices: list[int] = []
+        keep: list[int] = []
+        seen: dict[bytes, int] = {}
+        next_index = start
+        for pos, key in enumerate(index_keys):
+            existing = seen.get(key)
+            if existing is None and stored[pos] is not None:
+                existing = _U64.unpack(stored[pos])[0]
+            if existing is None:
+                seen[key] = next_index
+                indices.append(next_index)
+                keep.append(pos)
+                next_index += 1
+            else:
+                indices.append(existing)
+        return indices, keep
 
     def set_checkpoint(self, checkpoint: SignedCheckpoint) -> None:
         """Store a checkpoint over entries already stored, after recomputing its root."""
@@ -399,31 +462,34 @@ class LogStore:
         size = self.size
         frontier = merkle.MerkleFrontier()
         count = 0
-        for index, leaf in self.leaves(0, size):
+        for index, record in self._records(0, size):
             if index != count:
                 problems.append(f"entry {count} is missing")
                 break
-            for level, idx, h in frontier.append(merkle.leaf_hash(leaf)):
-                stored = self.db.get(b"L" + self.num + bytes((level,)) + _U64.pack(idx))
-                if stored != h:
+            k = _completed_levels(index)
+            leaf = record[(k + 1) * _HS :]
+            lh = merkle.leaf_hash(leaf)
+            for level, idx, h in frontier.append(lh):
+                if record[level * _HS : (level + 1) * _HS] != h:
                     problems.append(f"stored hash of node ({level}, {idx}) is wrong")
             try:
                 out_path = decode_entry(leaf).out_path
             except DecodeError as exc:
                 problems.append(f"entry {index} is not a valid entry: {exc}")
             else:
-                key = b"P" + self.num + out_path.encode() + b"\x00" + _U64.pack(index)
-                if self.db.get(key) is None:
-                    problems.append(f"out-path index of entry {index} is missing")
-            if self.own:
-                first = self.db.get(b"H" + self.num + merkle.leaf_hash(leaf))
-                if first is None or _U64.unpack(first)[0] > index:
-                    problems.append(f"deduplication index of entry {index} is wrong")
+                key = self._prefix_p + out_path.encode() + b"\x00" + lh
+                if not self.own:
+                    key += _U64.pack(index)
+                stored = self.db.get(key)
+                if stored is None or (self.own and _U64.unpack(stored)[0] > index):
+                    problems.append(f"out-path index of entry {index} is missing or wrong")
             count += 1
-        if count != size:
+            if len(problems) > 100:
+                break
+        if count != size and len(problems) <= 100:
             problems.append(f"{size} entries recorded but {count} stored")
         if len(problems) > 100:
-            problems = [*problems[:100], f"... and {len(problems) - 100} more"]
+            problems = [*problems[:100], "... and possibly more"]
         cp_size: int | None = None
         try:
             cp = self.checkpoint()
@@ -436,6 +502,7 @@ class LogStore:
                 problems.append(f"checkpoint covers {cp_size} entries but {count} are stored")
         if not problems:
             # Every kept checkpoint must be a tree this log really had.
+            self._node_cache.clear()
             roots: dict[int, bytes] = {}
             for note in self.checkpoints():
                 try:

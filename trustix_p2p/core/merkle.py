@@ -10,9 +10,8 @@ storage, no entries, no I/O.  Hashing is RFC 9162 §2.1.1 with SHA-256:
 Trees are addressed by *perfect subtrees*: node (level, index) is the root of the complete
 subtree over leaves [index * 2**level, (index + 1) * 2**level).  Once such a subtree is complete
 its hash never changes, so a store keeps exactly those and proof generation reads O(log n) of
-them through a `NodeGetter`; the hashes of incomplete right-edge subtrees are recomputed from at
-most popcount(n) perfect ones (every range the RFC recursion needs that is not perfect ends at n,
-so they are all suffixes of n's binary decomposition and share one memo per proof).
+them through a `NodeGetter`; the one incomplete right-edge subtree a proof may need is
+recomputed from at most popcount(n) perfect ones.
 
 Verification follows RFC 9162 §2.1.3.2 (inclusion) and §2.1.4.2 (consistency) literally, and
 additionally the conventions of transparency-dev/merkle's test data: every hash must be exactly
@@ -48,52 +47,27 @@ def node_hash(left: bytes, right: bytes) -> bytes:
     return _sha256(b"\x01" + left + right).digest()
 
 
-def _largest_power_of_two_below(n: int) -> int:
-    """The k of RFC 9162 §2.1.1: the largest power of two strictly smaller than n (n >= 2)."""
-    return 1 << ((n - 1).bit_length() - 1)
+def _range_hash(start: int, end: int, get_node: NodeGetter) -> bytes:
+    """MTH of leaves [start, end) where `start` is a multiple of a power of two >= end - start.
 
-
-def _is_perfect(start: int, end: int) -> bool:
-    width = end - start
-    return width & (width - 1) == 0 and start % width == 0
-
-
-class _RangeHasher:
-    """Hashes of the subtrees the RFC recursion visits, from perfect-subtree reads.
-
-    A range is either perfect (one read) or a right-edge range ending at the tree size, which
-    splits into a perfect left part and a smaller right-edge range.  The memo makes every range
-    cost at most one computation per proof.
+    Every subtree the RFC recursion visits has that shape: it is perfect (one read), or it is a
+    right-edge subtree that splits into perfect subtrees along the set bits of its width
+    (popcount reads), hashed together from the right.
     """
-
-    __slots__ = ("_get", "_memo")
-
-    def __init__(self, get_node: NodeGetter) -> None:
-        self._get = get_node
-        self._memo: dict[tuple[int, int], bytes] = {}
-
-    def __call__(self, start: int, end: int) -> bytes:
-        if _is_perfect(start, end):
-            level = (end - start).bit_length() - 1
-            return self._get(level, start >> level)
-        key = (start, end)
-        cached = self._memo.get(key)
-        if cached is not None:
-            return cached
-        # Walk the right edge iteratively: collect perfect left parts, then fold from the right.
-        lefts: list[bytes] = []
-        a = start
-        while not _is_perfect(a, end):
-            k = _largest_power_of_two_below(end - a)
-            level = k.bit_length() - 1
-            lefts.append(self._get(level, a >> level))
-            a += k
-        level = (end - a).bit_length() - 1
-        h = self._get(level, a >> level)
-        for left in reversed(lefts):
-            h = node_hash(left, h)
-        self._memo[key] = h
-        return h
+    width = end - start
+    if width & (width - 1) == 0:
+        level = width.bit_length() - 1
+        return get_node(level, start >> level)
+    lefts: list[bytes] = []
+    a = start
+    for level in range(width.bit_length() - 1, -1, -1):
+        if width >> level & 1:
+            lefts.append(get_node(level, a >> level))
+            a += 1 << level
+    h = lefts.pop()
+    while lefts:
+        h = _sha256(b"\x01" + lefts.pop() + h).digest()
+    return h
 
 
 def root_hash(size: int, get_node: NodeGetter) -> bytes:
@@ -102,7 +76,28 @@ def root_hash(size: int, get_node: NodeGetter) -> bytes:
         raise LocalProtocolError(f"tree size must be non-negative, got {size}")
     if size == 0:
         return EMPTY_ROOT
-    return _RangeHasher(get_node)(0, size)
+    return _range_hash(0, size, get_node)
+
+
+def _path(index: int, level: int, size: int, get_node: NodeGetter, proof: list[bytes]) -> None:
+    """Append the siblings on the way from node (level, index) to the root of a tree of `size`.
+
+    At each height the sibling either lies wholly inside the tree (a stored perfect subtree),
+    or is the tree's incomplete right edge (hashed from its perfect parts), or does not exist
+    because the node is itself on the right edge (the RFC recursion then adds nothing).
+    """
+    top = (size - 1).bit_length()
+    node = index
+    for lvl in range(level, top):
+        sibling = node ^ 1
+        start = sibling << lvl
+        if start < size:
+            end = start + (1 << lvl)
+            if end <= size:
+                proof.append(get_node(lvl, sibling))
+            else:
+                proof.append(_range_hash(start, size, get_node))
+        node >>= 1
 
 
 def inclusion_proof(index: int, size: int, get_node: NodeGetter) -> list[bytes]:
@@ -113,47 +108,30 @@ def inclusion_proof(index: int, size: int, get_node: NodeGetter) -> list[bytes]:
     """
     if not 0 <= index < size:
         raise LocalProtocolError(f"leaf index {index} is not in a tree of size {size}")
-    rng = _RangeHasher(get_node)
     proof: list[bytes] = []
-    a, b = 0, size
-    while b - a > 1:
-        k = _largest_power_of_two_below(b - a)
-        if index < a + k:
-            proof.append(rng(a + k, b))
-            b = a + k
-        else:
-            proof.append(rng(a, a + k))
-            a = a + k
-    proof.reverse()  # the RFC lists the path from the leaf upwards
+    _path(index, 0, size, get_node, proof)
     return proof
 
 
 def consistency_proof(old_size: int, new_size: int, get_node: NodeGetter) -> list[bytes]:
     """RFC 9162 §2.1.4.1 PROOF(old_size, D[0:new_size]), from perfect-subtree hashes.
 
-    Precondition: 0 < old_size <= new_size.  A proof between equal sizes is empty.
+    Precondition: 0 < old_size <= new_size.  A proof between equal sizes is empty.  The RFC's
+    SUBPROOF recursion equals: the largest perfect subtree ending at old_size (omitted when
+    old_size is a power of two, as the verifier knows it: it is the old root), then that
+    subtree's inclusion path in the new tree.
     """
     if not 0 < old_size <= new_size:
         raise LocalProtocolError(
-            f"no consistency proof from size {old_size} to size {new_size} (need 0 < old <= new)"
+            f"no consistency proof from size {old_size} to size {new_size} "
+            "(need 0 < old <= new)"
         )
-    rng = _RangeHasher(get_node)
-    proof: list[bytes] = []
-    m, a, b = old_size, 0, new_size
-    complete = True  # the RFC's flag b: whether the subtree is known to the verifier
-    while m != b - a:
-        k = _largest_power_of_two_below(b - a)
-        if m <= k:
-            proof.append(rng(a + k, b))
-            b = a + k
-        else:
-            proof.append(rng(a, a + k))
-            m -= k
-            a = a + k
-            complete = False
-    if not complete:
-        proof.append(rng(a, b))
-    proof.reverse()
+    if old_size == new_size:
+        return []
+    level = (old_size & -old_size).bit_length() - 1
+    index = (old_size - 1) >> level
+    proof: list[bytes] = [] if index == 0 else [get_node(level, index)]
+    _path(index, level, new_size, get_node, proof)
     return proof
 
 
@@ -167,29 +145,26 @@ def root_from_inclusion_proof(
 ) -> bytes:
     """RFC 9162 §2.1.3.2: the root that `proof` implies for leaf `index` in a tree of `size`.
 
-    Raises VerificationError if the proof has the wrong shape for (index, size).
+    Raises VerificationError if the proof has the wrong shape for (index, size).  The RFC's
+    loop is split in two equivalent phases: below the level where the paths to `index` and to
+    the last leaf diverge ("inner"), the side of each sibling is the bit of `index`; above it,
+    every remaining sibling is a left-hand "border" node.  The proof length must be exactly
+    inner + popcount(index >> inner).
     """
-    if not 0 <= index < size:
+    if not 0 <= index < size or len(leaf_hash_) != HASH_SIZE:
         raise VerificationError("proof does not verify")
-    _check_hash(leaf_hash_)
-    fn, sn = index, size - 1
+    inner = (index ^ (size - 1)).bit_length()
+    if len(proof) != inner + (index >> inner).bit_count():
+        raise VerificationError("proof does not verify")
+    sha = _sha256
     r = leaf_hash_
-    for p in proof:
-        _check_hash(p)
-        if sn == 0:
+    for i, p in enumerate(proof):
+        if len(p) != HASH_SIZE:
             raise VerificationError("proof does not verify")
-        if fn & 1 or fn == sn:
-            r = _sha256(b"\x01" + p + r).digest()
-            if not fn & 1:
-                while fn and not fn & 1:
-                    fn >>= 1
-                    sn >>= 1
+        if i >= inner or (index >> i) & 1:
+            r = sha(b"\x01" + p + r).digest()
         else:
-            r = _sha256(b"\x01" + r + p).digest()
-        fn >>= 1
-        sn >>= 1
-    if sn != 0:
-        raise VerificationError("proof does not verify")
+            r = sha(b"\x01" + r + p).digest()
     return r
 
 
@@ -320,6 +295,35 @@ class MerkleFrontier:
             completed.append((level, index, h))
         stack.append(h)
         self._size += 1
+        return completed
+
+    def extend_grouped(self, leaf_hashes: Sequence[bytes]) -> list[bytes]:
+        """Add many leaf hashes; for each, the hashes of the interior subtrees it completes.
+
+        The batch form of `append` for a store's hot path: element i is the concatenation of
+        the hashes at levels 1, 2, ..., k completed by leaf size+i (k = its trailing one bits;
+        empty for an even index).  Node (level, idx) is completed by leaf (idx+1)*2**level - 1.
+        """
+        completed: list[bytes] = []
+        add = completed.append
+        stack = self._stack
+        pop, push = stack.pop, stack.append
+        sha = _sha256
+        index = self._size
+        for h in leaf_hashes:
+            if index & 1:
+                packed = b""
+                i = index
+                while i & 1:
+                    h = sha(b"\x01" + pop() + h).digest()
+                    packed += h
+                    i >>= 1
+                add(packed)
+            else:
+                add(b"")
+            push(h)
+            index += 1
+        self._size = index
         return completed
 
     def root(self) -> bytes:
