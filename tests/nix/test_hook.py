@@ -223,9 +223,18 @@ def test_an_unwritable_spool_is_a_one_line_config_error(tmp_path: Path) -> None:
 # --- The command line -----------------------------------------------------------------------
 
 
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+# Both entry points: the main CLI and the hook's fast path (`python -m trustix_p2p.nix`).
+ENTRY_POINTS = ["trustix_p2p", "trustix_p2p.nix"]
+
+
+@pytest.fixture(params=ENTRY_POINTS)
+def entry_point(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def run_cli(*args: str, env: dict[str, str], module: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "trustix_p2p", *args],
+        [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         env=env,
@@ -233,28 +242,30 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
     )
 
 
-def test_nix_hook_without_drv_path_exits_2_with_one_line(tmp_path: Path) -> None:
+def test_nix_hook_without_drv_path_exits_2_with_one_line(tmp_path: Path, entry_point: str) -> None:
     config = tmp_path / "node.toml"
     config.write_text(f'state_dir = "{tmp_path / "state"}"\n')
     env = {k: v for k, v in os.environ.items() if k not in ("DRV_PATH", "OUT_PATHS")}
     env["TRUSTIX_P2P_CONFIG"] = str(config)
-    proc = run_cli("nix-hook", env=env)
+    proc = run_cli("nix-hook", env=env, module=entry_point)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1
     assert "DRV_PATH" in proc.stderr
 
 
-def test_nix_hook_with_a_missing_config_exits_2_with_one_line(tmp_path: Path) -> None:
+def test_nix_hook_with_a_missing_config_exits_2_with_one_line(
+    tmp_path: Path, entry_point: str
+) -> None:
     env = {**os.environ, "TRUSTIX_P2P_CONFIG": str(tmp_path / "missing.toml")}
-    proc = run_cli("nix-hook", env=env)
+    proc = run_cli("nix-hook", env=env, module=entry_point)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1
     assert "missing.toml" in proc.stderr
 
 
-def test_nar_hash_command_prints_hash_and_size(tmp_path: Path) -> None:
+def test_nar_hash_command_prints_hash_and_size(tmp_path: Path, entry_point: str) -> None:
     (tmp_path / "f").write_bytes(b"hello\n")
-    proc = run_cli("nar-hash", str(tmp_path / "f"), env=dict(os.environ))
+    proc = run_cli("nar-hash", str(tmp_path / "f"), env=dict(os.environ), module=entry_point)
     assert proc.returncode == 0, proc.stderr
     # tests/vectors/nar.json "file-only": the same contents, hashed by Nix 2.8.
     assert proc.stdout == "sha256:04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw 120\n"
