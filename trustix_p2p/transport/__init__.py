@@ -20,7 +20,7 @@ from trustix_p2p.transport.connection import (
     ping,
     run_connection,
 )
-from trustix_p2p.transport.server import Handler, answer_pings, serve_noise
+from trustix_p2p.transport.server import Handler, answer_pings, serve_noise, serve_stream
 from trustix_p2p.transport.stream import NoiseStream
 
 __all__ = [
@@ -40,4 +40,5 @@ __all__ = [
     "ping",
     "run_connection",
     "serve_noise",
+    "serve_stream",
 ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Final
 
 import attrs
@@ -34,7 +35,7 @@ from trustix_p2p.transport.connection import (
 )
 from trustix_p2p.transport.stream import NoiseStream
 
-__all__ = ["Handler", "answer_pings", "serve_noise"]
+__all__ = ["Handler", "answer_pings", "serve_noise", "serve_stream"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,62 @@ async def answer_pings(connection: Connection) -> None:
             await connection.send_message(Error(f"unexpected {type(message).__name__}"))
 
 
+async def serve_stream(
+    transport_stream: trio.abc.Stream,
+    identity: LocalIdentity,
+    handler: Handler = answer_pings,
+    *,
+    limits: TransportLimits | None = None,
+    registry: MessageRegistry = REGISTRY,
+    remote: str = "<stream>",
+) -> None:
+    """Serve one accepted stream: responder handshake, `handler`, close.
+
+    This is the per-connection half of `serve_noise`, usable over any trio stream (the
+    simulation harness runs it over memory streams).  It never raises because of what the
+    peer did or because of a bug in `handler`; it logs and closes the stream instead.
+    """
+    limits = limits or TransportLimits()
+    stream = NoiseStream.responder(
+        transport_stream,
+        identity,
+        handshake_timeout=limits.handshake_timeout,
+        idle_timeout=limits.idle_timeout,
+    )
+    try:
+        peer = await stream.do_handshake()
+    except CONNECTION_ERRORS as exc:
+        logger.info("handshake with %s failed: %s", remote, exc)
+        await trio.aclose_forcefully(stream)
+        return
+    logger.info("connection from %s, peer %s", remote, peer.to_base64())
+    connection = Connection(stream, peer, remote, limits, registry)
+    try:
+        await run_connection(connection, partial(_guarded, handler))
+    except CONNECTION_ERRORS as exc:
+        logger.info("connection from %s (%s) ended: %s", remote, peer.to_base64(), exc)
+    except Exception:
+        # A bug in a handler must not take the node down for every other peer; it is
+        # logged with its traceback, loudly, and only this connection ends.
+        logger.exception("handler failed on connection from %s", remote)
+    finally:
+        # Sends the end-of-stream marker within its close timeout, and closes anyway.
+        await stream.aclose()
+
+
+async def _guarded(handler: Handler, connection: Connection) -> None:
+    try:
+        await handler(connection)
+    except RemoteProtocolError as exc:
+        logger.info(
+            "closing connection from %s (%s): %s",
+            connection.remote_address,
+            connection.peer_key.to_base64(),
+            exc,
+        )
+        await _say_goodbye(connection, str(exc))
+
+
 @attrs.define(eq=False)
 class _Server:
     identity: LocalIdentity
@@ -71,47 +128,17 @@ class _Server:
             await trio.aclose_forcefully(tcp)
             return
         self.active += 1
-        stream = NoiseStream.responder(
-            tcp,
-            self.identity,
-            handshake_timeout=self.limits.handshake_timeout,
-            idle_timeout=self.limits.idle_timeout,
-        )
         try:
-            await self._serve_stream(stream, remote)
+            await serve_stream(
+                tcp,
+                self.identity,
+                self.handler,
+                limits=self.limits,
+                registry=self.registry,
+                remote=remote,
+            )
         finally:
             self.active -= 1
-            # Sends the end-of-stream marker within its close timeout, and closes anyway.
-            await stream.aclose()
-
-    async def _serve_stream(self, stream: NoiseStream, remote: str) -> None:
-        try:
-            peer = await stream.do_handshake()
-        except CONNECTION_ERRORS as exc:
-            logger.info("handshake with %s failed: %s", remote, exc)
-            return
-        logger.info("connection from %s, peer %s", remote, peer.to_base64())
-        connection = Connection(stream, peer, remote, self.limits, self.registry)
-        try:
-            await run_connection(connection, self._handle)
-        except CONNECTION_ERRORS as exc:
-            logger.info("connection from %s (%s) ended: %s", remote, peer.to_base64(), exc)
-        except Exception:
-            # A bug in a handler must not take the node down for every other peer; it is
-            # logged with its traceback, loudly, and only this connection ends.
-            logger.exception("handler failed on connection from %s", remote)
-
-    async def _handle(self, connection: Connection) -> None:
-        try:
-            await self.handler(connection)
-        except RemoteProtocolError as exc:
-            logger.info(
-                "closing connection from %s (%s): %s",
-                connection.remote_address,
-                connection.peer_key.to_base64(),
-                exc,
-            )
-            await _say_goodbye(connection, str(exc))
 
 
 async def _say_goodbye(connection: Connection, reason: str) -> None:
