@@ -46,6 +46,7 @@ from trustix_p2p.errors import (
 from trustix_p2p.keyfile import load_key_file
 from trustix_p2p.spool import pending_spool_files, read_spool, reject_spool, remove_spool
 from trustix_p2p.storage import LeafRecord, LogStore, Store
+from trustix_p2p.transport import serve_noise
 
 log = logging.getLogger("trustix_p2p.node")
 
@@ -76,6 +77,8 @@ class Node:
     _recv: trio.MemoryReceiveChannel[_Pending] = attrs.field(init=False)
     _write_lock: trio.Lock = attrs.field(init=False, factory=trio.Lock)
     ready: trio.Event = attrs.field(init=False, factory=trio.Event)
+    # The Noise listener's bound addresses (`listen` may ask for port 0).
+    listening: tuple[str, ...] = attrs.field(init=False, default=())
 
     def __attrs_post_init__(self) -> None:
         self._send, self._recv = trio.open_memory_channel[_Pending](1024)
@@ -223,7 +226,7 @@ class Node:
             checkpoint_time=cp.checkpoint.time if cp is not None else 0,
             spool_pending=len(pending_spool_files(self.config.spool_path)),
             logs=len(self.store.log_ids()),
-            listen=tuple(self.config.listen),
+            listen=self.listening or tuple(self.config.listen),
         )
 
     def lookup(self, out_path: str) -> list[protocol.LookupHit]:
@@ -312,11 +315,15 @@ class Node:
                     nursery.start_soon(self._checkpointer)
                     nursery.start_soon(self._spool_loop)
                 await nursery.start(self._control_server)
+                if self.key is not None and self.config.listen:
+                    bound = await nursery.start(serve_noise, list(self.config.listen), self.key)
+                    self.listening = tuple(bound)
                 if install_signal_handlers:
                     nursery.start_soon(self._watch_signals, nursery.cancel_scope)
                 log.info(
-                    "node ready: control socket %s%s",
+                    "node ready: control socket %s, peers on %s%s",
                     self.config.socket_path,
+                    ", ".join(self.listening) or "nothing (no key_file)",
                     f", log {self.own_log.log_id.hex()}" if self.own_log is not None else "",
                 )
                 self.ready.set()
