@@ -162,3 +162,28 @@ def test_a_checkpoint_covering_missing_entries_stops_the_node_from_opening(tmp_p
         store.db.put(b"N" + num, (3).to_bytes(8, "big"))
     with Store(db) as store, pytest.raises(StoreCorruptError):
         store.open_log(KEY.public_key, own=True)
+
+
+def test_a_mirrored_log_keeps_identical_leaves_as_its_builder_wrote_them(tmp_path: Path) -> None:
+    other = f.key("mirrored")
+    with Store(tmp_path / "db") as store:
+        log = store.open_log(other.public_key, own=False)
+        assert log.append([f.record(1), f.record(1), f.record(2)]) == [0, 1, 2]
+        assert log.lookup(f.entry(1).out_path) == [0, 1]
+        assert log.root(3) == ref.mth([f.leaf(1), f.leaf(1), f.leaf(2)])
+        assert log.verify().ok
+
+
+def test_proofs_at_sizes_between_checkpoints_match_the_reference(tmp_path: Path) -> None:
+    leaves = [f.record(i) for i in range(70)]
+    with Store(tmp_path / "db") as store:
+        log = store.open_log(KEY.public_key, own=True)
+        for start in range(0, 70, 9):
+            log.append(leaves[start : start + 9])
+        raw = [r.leaf for r in leaves]
+        for size in (1, 2, 3, 31, 32, 33, 64, 70):
+            assert log.root(size) == ref.mth(raw[:size])
+            for index in {0, size // 2, size - 1}:
+                assert log.inclusion_proof(index, size) == ref.path(index, raw[:size])
+            for old in {1, size // 3 or 1, size}:
+                assert log.consistency_proof(old, size) == ref.proof(old, raw[:size])
