@@ -5,6 +5,7 @@ exactly as Nix does (`DRV_PATH` set, `OUT_PATHS` empty, `TRUSTIX_P2P_CONFIG` poi
 node's config) `--runs` times per case and reports medians:
 
 * hashing: `hash_path` over the outputs, in-process (what the hook cannot avoid);
+* hook work in-process: everything `nix-hook` does after Python has started and imported;
 * hook: the whole hook process, wall time; overhead = hook - hashing;
 * for reference: a bare `python -c pass` and the hook's imports alone;
 * end to end: `nix-build` of fresh derivations with and without the hook configured.
@@ -29,12 +30,15 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from trustix_p2p.config import load_node_config
 from trustix_p2p.control.client import ControlClient
 from trustix_p2p.errors import NodeUnavailableError
+from trustix_p2p.nix.hook import build_entries, encode_all, hand_over, hook_outputs
 from trustix_p2p.nix.nardump import hash_path
+from trustix_p2p.nix.store import open_nix_store
 
 NIX_CONFIG = (
     "build-users-group =\nsandbox = false\nstore = local\nsubstituters =\n"
@@ -60,6 +64,25 @@ def median_ms(runs: int, fn: Callable[[], object]) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times) * 1000
+
+
+def build_fresh(count: int, env: dict[str, str]) -> list[str]:
+    """Build `count` new derivations (no hook); return their .drv paths."""
+    exprs = [expr(uuid.uuid4().hex) for _ in range(count)]
+    run(["nix-build", "--no-out-link", *[a for e in exprs for a in ("-E", e)]], env)
+    return run(["nix-instantiate", *[a for e in exprs for a in ("-E", e)]], env).split()
+
+
+def hook_in_process(drv: str, config_path: Path) -> None:
+    """What `nix-hook` does after start-up, node up, timed without interpreter and imports."""
+    config = load_node_config(config_path)
+    store = open_nix_store()
+    drv_path, outputs = hook_outputs({"DRV_PATH": drv, "OUT_PATHS": ""}, store)
+    infos = store.path_infos([path for _, path in outputs])
+    entries = build_entries(outputs, infos, int(time.time()), drv_path)
+    leaves = encode_all(entries, store.store_dir)
+    result = hand_over(leaves, config.socket_path, config.spool_path, 5.0)
+    assert result.indices is not None
 
 
 def run(args: list[str], env: dict[str, str], check: bool = True) -> str:
@@ -123,19 +146,33 @@ def main() -> int:
         )
         print(f"derivation with {len(outputs)} outputs; hashing them in-process: {hashing:.1f} ms")
         print(f"python -c pass: {bare:.1f} ms; hook imports incl. interpreter: {imports:.1f} ms")
+        in_process = median_ms(args.runs, lambda: hook_in_process(drv, up))
+        print(
+            f"hook work in-process (config, .drv, Nix DB, hashing, encode, submit): "
+            f"{in_process:.1f} ms, i.e. {in_process - hashing:.1f} ms beyond hashing"
+        )
         print(f"{'entry point':<36}{'node':<6}{'hook':>10}{'overhead':>12}")
         for label, command in (
             ("trustix-p2p nix-hook", full_cli),
             ("python -m trustix_p2p.nix", fast),
         ):
             for state, config in (("up", up), ("down", down)):
-                hook_env = {
-                    **env,
-                    "DRV_PATH": drv,
-                    "OUT_PATHS": "",
-                    "TRUSTIX_P2P_CONFIG": str(config),
-                }
-                total = median_ms(args.runs, lambda c=command, h=hook_env: run([*c, "nix-hook"], h))
+                # A fresh derivation per run: the node must durably append new entries, as
+                # for a real build (re-submitting identical leaves would be a cheap lookup).
+                fresh = iter(build_fresh(args.runs + 1, env))
+
+                def one(
+                    c: list[str] = command, cfg: Path = config, drvs: Iterator[str] = fresh
+                ) -> str:
+                    hook_env = {
+                        **env,
+                        "DRV_PATH": next(drvs),
+                        "OUT_PATHS": "",
+                        "TRUSTIX_P2P_CONFIG": str(cfg),
+                    }
+                    return run([*c, "nix-hook"], hook_env)
+
+                total = median_ms(args.runs, one)
                 print(f"{label:<36}{state:<6}{total:>8.1f} ms{total - hashing:>9.1f} ms")
         spooled = len(list((base / "down" / "spool").glob("*.spool")))
         print(f"(node down: {spooled} spool files written, one per hook run)")
