@@ -488,3 +488,21 @@ def test_session_accepts_input_byte_by_byte() -> None:
         events.append(i.next_event())
     assert events[:-1] == [NEED_DATA] * (len(m2) - 1)
     assert isinstance(events[-1], HandshakeComplete)
+
+
+def test_low_order_static_key_in_message_2_is_rejected() -> None:
+    # A responder whose Noise static key is a low-order point: the initiator's es DH refuses.
+    i = HandshakeState(Role.INITIATOR, static_private=ALICE.to_x25519(), ephemeral_private=eph("i"))
+    r = HandshakeState(Role.RESPONDER, static_private=BOB.to_x25519(), ephemeral_private=eph("r"))
+    r._s_pub = LOW_ORDER_POINTS[2]  # what a malicious peer would put on the wire
+    r.read_message(i.write_message(b""))
+    message_2 = r.write_message(b"")
+    with pytest.raises(NoiseError):
+        i.read_message(message_2)
+    assert i.phase is Phase.FAILED
+
+
+def test_claimed_key_that_is_not_a_usable_point_is_a_decode_error() -> None:
+    payload = msgpack.packb([1, bytes(32)])  # the identity point: no X25519 conversion
+    with pytest.raises(DecodeError, match="cannot be converted to X25519"):
+        check_identity_payload(payload, ALICE.public_key.to_x25519(), None)
