@@ -69,8 +69,11 @@ def bench_floor(records: list[LeafRecord], path: Path) -> float:
     signing, no checks, no rollback.
     """
     db = plyvel.DB(
-        str(path), create_if_missing=True, bloom_filter_bits=10,
-        write_buffer_size=32 << 20, lru_cache_size=64 << 20,
+        str(path),
+        create_if_missing=True,
+        bloom_filter_bits=10,
+        write_buffer_size=32 << 20,
+        lru_cache_size=64 << 20,
     )
     sha = hashlib.sha256
     stack: list[bytes] = []

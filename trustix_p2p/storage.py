@@ -274,9 +274,7 @@ class LogStore:
     def lookup(self, out_path: str) -> list[int]:
         """Positions of every leaf about `out_path`, in log order."""
         prefix = self._prefix_p + out_path.encode() + b"\x00"
-        return sorted(
-            _U64.unpack(v)[0] for v in self.db.iterator(prefix=prefix, include_key=False)
-        )
+        return sorted(_U64.unpack(v)[0] for v in self.db.iterator(prefix=prefix, include_key=False))
 
     def index_of(self, leaf: bytes, out_path: str) -> int | None:
         """Position of this exact leaf in the own log, or None."""

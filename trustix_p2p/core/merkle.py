@@ -123,8 +123,7 @@ def consistency_proof(old_size: int, new_size: int, get_node: NodeGetter) -> lis
     """
     if not 0 < old_size <= new_size:
         raise LocalProtocolError(
-            f"no consistency proof from size {old_size} to size {new_size} "
-            "(need 0 < old <= new)"
+            f"no consistency proof from size {old_size} to size {new_size} (need 0 < old <= new)"
         )
     if old_size == new_size:
         return []
