@@ -45,6 +45,12 @@ class Everything(wire.Message):
     numbers: tuple[int, ...] = wire.field(wire.ListOf(wire.Integer(), max_items=3, min_items=1))
 
 
+@TEST_REGISTRY.register(17)
+@attrs.frozen
+class Big(wire.Message):
+    data: bytes = wire.field(wire.Bytes(0, 4 * 1024 * 1024))
+
+
 GOOD = Everything(7, -2, True, b"abc", None, (Hash("sha256", b"h" * 32),), (1, 2))
 
 
@@ -176,7 +182,7 @@ def test_registering_is_checked() -> None:
 
 # ---- the framed reader ------------------------------------------------------------------------
 
-STREAM_MESSAGES = [Ping(1), Error("é" * 100), Pong(2**63), Ping(0)]
+STREAM_MESSAGES: list[wire.Message] = [Ping(1), Error("é" * 100), Pong(2**63), Ping(0)]
 STREAM = b"".join(encode_message(m) for m in STREAM_MESSAGES)
 
 
@@ -289,3 +295,20 @@ def test_bit_flipped_bodies_decode_to_valid_messages_or_fail(
         return
     # Whatever survives decoding satisfies every spec: it re-encodes without complaint.
     encode_message(decoded, registry=TEST_REGISTRY)
+
+
+def test_large_messages_reassemble_from_small_chunks() -> None:
+    messages = [Big(bytes(range(256)) * 4096), Big(b"p"), Big(b"x" * 70_000), Big(b"")]
+    data = b"".join(encode_message(m, registry=TEST_REGISTRY) for m in messages)
+    for size in (3, 4096, 65_536, len(data)):
+        chunks = [data[i : i + size] for i in range(0, len(data), size)]
+        reader = MessageReader(registry=TEST_REGISTRY)
+        assert read_all(reader, chunks) == messages
+        assert reader.at_boundary and reader.buffered() == 0
+
+
+def test_feeding_before_consuming_is_a_local_error() -> None:
+    reader = MessageReader()
+    reader.feed(encode_message(Ping(1)))
+    with pytest.raises(LocalProtocolError, match="before the previous bytes were consumed"):
+        reader.feed(b"more")

@@ -611,10 +611,13 @@ class NoiseSession:
             ephemeral_private=ephemeral_private,
             prologue=prologue,
         )
-        # Received, unconsumed bytes are self._buf[self._pos:]; `_buf` is never mutated, only
-        # replaced, so frames can be decrypted straight out of the bytes the socket returned.
-        self._buf: bytes = b""
+        # Received, unconsumed bytes are self._buf[self._pos:] followed by self._more.  They
+        # are never mutated, only replaced, so frames are decrypted straight out of the bytes
+        # the socket returned; only a frame split across two reads is copied, once, to join
+        # it (then `_buf` is that one frame and `_more` the rest of the read).
+        self._buf: bytes | memoryview = b""
         self._pos = 0
+        self._more: memoryview | None = None
         self._outgoing = bytearray()
         self._send: CipherState | None = None
         self._recv: CipherState | None = None
@@ -640,7 +643,8 @@ class NoiseSession:
 
     def buffered(self) -> int:
         """Bytes received but not yet consumed (for tests of bounded buffering)."""
-        return len(self._buf) - self._pos
+        more = self._more
+        return len(self._buf) - self._pos + (len(more) if more is not None else 0)
 
     def _check_alive(self) -> None:
         if self._failed:
@@ -650,6 +654,7 @@ class NoiseSession:
         self._failed = True
         self._buf = b""
         self._pos = 0
+        self._more = None
         self._send = self._recv = None
 
     # ---- handshake ---------------------------------------------------------------------
@@ -676,9 +681,14 @@ class NoiseSession:
         end = self._whole_frame_end()
         if end < 0:
             return None
-        frame = self._buf[self._pos + _LENGTH_PREFIX : end]
+        frame = bytes(self._buf[self._pos + _LENGTH_PREFIX : end])
         self._pos = end
         return frame
+
+    def _advance(self) -> None:
+        """Move on to `_more` once `_buf` is used up."""
+        if self._pos >= len(self._buf) and self._more is not None:
+            self._buf, self._pos, self._more = self._more, 0, None
 
     def _handshake_event(self, message: bytes) -> HandshakeComplete | None:
         hs = self._handshake
@@ -703,15 +713,25 @@ class NoiseSession:
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Add bytes from the peer.  Allowed only after `next_event()` returned NEED_DATA."""
         self._check_alive()
-        if self._whole_frame_end() >= 0:
+        if self._more is not None or self._whole_frame_end() >= 0:
             raise LocalProtocolError("receive_data called while a whole frame is unprocessed")
         data = data if type(data) is bytes else bytes(data)
         if self._pos >= len(self._buf):
-            self._buf = data
-        else:
-            # At most one partial frame (< 65537 bytes) is carried over.
-            self._buf = self._buf[self._pos :] + data
-        self._pos = 0
+            self._buf, self._pos = data, 0
+            return
+        # Complete the partial frame (< 65537 bytes) from the new bytes; keep the rest as is.
+        partial = bytes(self._buf[self._pos :])
+        rest = memoryview(data)
+        if len(partial) < _LENGTH_PREFIX:
+            take = _LENGTH_PREFIX - len(partial)
+            partial += rest[:take]
+            rest = rest[take:]
+        if len(partial) >= _LENGTH_PREFIX:
+            need = _LENGTH_PREFIX + ((partial[0] << 8) | partial[1]) - len(partial)
+            partial += rest[:need]
+            rest = rest[need:]
+        self._buf, self._pos = partial, 0
+        self._more = rest if len(rest) else None
 
     def next_event(self) -> Event:
         """Process buffered bytes into the next event (see the class docstring)."""
@@ -727,6 +747,7 @@ class NoiseSession:
             raise
 
     def _next_event(self) -> Event:
+        self._advance()
         if self._recv is None:
             frame = self._take_frame()
             if frame is None:
@@ -736,7 +757,7 @@ class NoiseSession:
                 return self._next_event()
             return event
         if self._eof_received:
-            if self._pos < len(self._buf):
+            if self.buffered():
                 raise RemoteProtocolError("peer sent data after its end of stream")
             return _END_OF_STREAM
         return self._decrypt_frames(self._recv)
@@ -780,12 +801,13 @@ class NoiseSession:
             if recv.decrypt_with_ad(b"", frame):  # pragma: no cover - size == TAG_LEN
                 raise NoiseError()
             self._eof_received = True
-            if self._pos < total:
+            if self.buffered():
                 raise RemoteProtocolError("peer sent data after its end of stream")
         if frames:
             return Data(out)
         if eof:
             return _END_OF_STREAM
+        # Nothing whole in `_buf`; by construction `_more` is then empty too.
         return NEED_DATA
 
     # ---- sending -----------------------------------------------------------------------

@@ -383,9 +383,13 @@ class MessageReader:
     """Splits a byte stream into framed messages and decodes them; bytes in, messages out.
 
     Call `next_message()`; when it returns None, `feed()` more bytes.  A length above
-    `max_message_size` is refused as soon as its 4 bytes arrive, so the buffer never holds
+    `max_message_size` is refused as soon as its 4 bytes arrive, so the reader never holds
     more than one maximal message plus the last `feed`.  After a `DecodeError` the reader is
     unusable (the stream has lost its framing).
+
+    Messages that arrive whole inside one fed chunk are decoded in place; only a message
+    split across chunks is copied, into a reassembly buffer that grows in amortised linear
+    time, so a 4 MiB message fed in small chunks costs one copy, not one per chunk.
     """
 
     def __init__(
@@ -396,49 +400,87 @@ class MessageReader:
     ) -> None:
         self._registry = registry
         self._max = max_message_size
-        # Unconsumed bytes are self._buf[self._pos:]; `_buf` is replaced, never mutated, so
-        # messages are decoded in place from the bytes that were fed.
-        self._buf: bytes | bytearray = b""
+        # Unconsumed bytes: first `_partial` (the start of a message split across chunks),
+        # then self._chunk[self._pos:] (the rest of the last fed chunk, never mutated).
+        self._partial = bytearray()
+        self._chunk: bytes | bytearray | memoryview = b""
         self._pos = 0
         self._failed = False
 
     def buffered(self) -> int:
-        return len(self._buf) - self._pos
+        return len(self._partial) + len(self._chunk) - self._pos
 
     @property
     def at_boundary(self) -> bool:
         """True when no partial message is buffered (a clean place for the stream to end)."""
-        return self._pos >= len(self._buf)
+        return self.buffered() == 0
 
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Add bytes; the reader keeps a reference, so do not mutate `data` afterwards."""
+    def _check(self) -> None:
         if self._failed:
             raise LocalProtocolError("the message reader failed earlier")
-        if type(data) is memoryview:
-            data = data.tobytes()
-        if self._pos >= len(self._buf):
-            self._buf = data
-        else:
-            self._buf = self._buf[self._pos :] + data
-        self._pos = 0
 
-    def next_message(self) -> Message | None:
-        if self._failed:
-            raise LocalProtocolError("the message reader failed earlier")
-        buf, pos = self._buf, self._pos
-        start = pos + LENGTH_PREFIX_SIZE
-        if len(buf) < start:
-            return None
-        size = int.from_bytes(buf[pos:start], "big")
+    def _size_of(self, prefix: bytes | bytearray | memoryview) -> int:
+        size = int.from_bytes(prefix, "big")
         if size > self._max:
             self._failed = True
             raise DecodeError(f"message of {size} bytes is above the {self._max}-byte limit")
-        end = start + size
-        if len(buf) < end:
+        return size
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Add bytes; the reader keeps a reference, so do not mutate `data` afterwards.
+
+        Allowed only after `next_message()` returned None.
+        """
+        self._check()
+        if self._pos < len(self._chunk):
+            raise LocalProtocolError("feed() called before the previous bytes were consumed")
+        partial = self._partial
+        if not partial:
+            self._chunk, self._pos = data, 0
+            return
+        rest = memoryview(data)
+        if len(partial) < LENGTH_PREFIX_SIZE:
+            take = LENGTH_PREFIX_SIZE - len(partial)
+            partial += rest[:take]
+            rest = rest[take:]
+        if len(partial) >= LENGTH_PREFIX_SIZE:
+            need = LENGTH_PREFIX_SIZE + self._size_of(partial[:LENGTH_PREFIX_SIZE]) - len(partial)
+            partial += rest[:need]
+            rest = rest[need:]
+        self._chunk, self._pos = rest, 0
+
+    def next_message(self) -> Message | None:
+        self._check()
+        partial = self._partial
+        if partial:
+            if len(partial) < LENGTH_PREFIX_SIZE:
+                return None
+            end = LENGTH_PREFIX_SIZE + self._size_of(partial[:LENGTH_PREFIX_SIZE])
+            if len(partial) < end:
+                return None
+            # A fresh buffer for the next split message; this one is decoded and dropped.
+            self._partial = bytearray()
+            return self._decode(memoryview(partial)[LENGTH_PREFIX_SIZE:end])
+        chunk, pos = self._chunk, self._pos
+        start = pos + LENGTH_PREFIX_SIZE
+        if len(chunk) < start:
+            self._carry_over()
+            return None
+        end = start + self._size_of(chunk[pos:start])
+        if len(chunk) < end:
+            self._carry_over()
             return None
         self._pos = end
+        return self._decode(memoryview(chunk)[start:end])
+
+    def _carry_over(self) -> None:
+        # The rest of the chunk starts a message that continues in the next feed.
+        self._partial += self._chunk[self._pos :]
+        self._chunk, self._pos = b"", 0
+
+    def _decode(self, body: memoryview) -> Message:
         try:
-            return self._registry.decode_body(memoryview(buf)[start:end])
+            return self._registry.decode_body(body)
         except DecodeError:
             self._failed = True
             raise
