@@ -173,3 +173,23 @@ async def test_a_second_node_on_the_same_state_is_refused(node: Node) -> None:
 def test_no_node_means_node_unavailable(tmp_path: Path) -> None:
     with pytest.raises(NodeUnavailableError):
         submit_leaves(tmp_path / "absent.sock", [f.leaf(0)], timeout=1)
+
+
+async def test_status_and_lookup_commands_print_json(
+    node: Node, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from trustix_p2p.cli import main
+
+    sock = str(node.config.socket_path)
+    await call(submit_leaves, node.config.socket_path, [f.leaf(1), f.leaf(2)])
+    await node.sign_checkpoint_now()
+    assert await call(main, ["status", "--socket", sock]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["size"] == 2 and status["checkpoint_size"] == 2
+    assert status["log_id"] == KEY.public_key.log_id_hex()
+    assert await call(main, ["lookup", f.entry(2).out_path, "--socket", sock]) == 0
+    (hit,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert hit["index"] == 1 and hit["checkpoint"].startswith("trustix-p2p/")
+    assert len(hit["proof"]) == 1
