@@ -818,8 +818,23 @@ class NoiseSession:
         self._outgoing.clear()
         return out
 
+    @staticmethod
+    def sealed_size(size: int) -> int:
+        """Bytes on the wire for `size` bytes of application data."""
+        frames = -(-size // MAX_FRAME_PAYLOAD)
+        return size + frames * (_LENGTH_PREFIX + TAG_LEN)
+
     def send(self, data: bytes | bytearray | memoryview) -> bytearray:
         """Encrypt application bytes into framed transport messages (empty in, empty out)."""
+        out = bytearray(self.sealed_size(len(data)))
+        self.send_into(out, data)
+        return out
+
+    def send_into(self, out: bytearray, data: bytes | bytearray | memoryview) -> int:
+        """Like `send`, writing into `out` (at least `sealed_size(len(data))` bytes long).
+
+        Returns the number of bytes written; lets a caller reuse one buffer for every send.
+        """
         self._check_alive()
         send = self._send
         if send is None:
@@ -827,10 +842,11 @@ class NoiseSession:
         if self._eof_sent:
             raise LocalProtocolError("cannot send after send_eof()")
         size = len(data)
+        total = self.sealed_size(size)
+        if len(out) < total:
+            raise LocalProtocolError(f"output buffer of {len(out)} bytes, {total} needed")
         if size == 0:
-            return bytearray()
-        frames = -(-size // MAX_FRAME_PAYLOAD)
-        out = bytearray(size + frames * (_LENGTH_PREFIX + TAG_LEN))
+            return 0
         src = _ffi.from_buffer("unsigned char[]", data)
         dst = _ffi.from_buffer("unsigned char[]", out, require_writable=True)
         offset = 0
@@ -845,7 +861,7 @@ class NoiseSession:
         except NoiseError:
             self._fail()
             raise
-        return out
+        return total
 
     def send_eof(self) -> bytes:
         """The framed end-of-stream marker (an empty transport message); b"" if already sent."""

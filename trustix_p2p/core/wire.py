@@ -23,6 +23,7 @@ field at fault.  This module is pure: no I/O, no clock, no randomness.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Final, TypeVar
 
@@ -318,16 +319,38 @@ class MessageRegistry:
     def types(self) -> dict[int, type[Message]]:
         return {type_id: entry.cls for type_id, entry in self._by_id.items()}
 
-    def encode_body(self, msg: Message) -> bytes:
-        """The msgpack array of `msg` (no length prefix); `LocalProtocolError` if invalid."""
+    def _array(self, msg: Message) -> list[Any]:
         found = self._by_class.get(type(msg))
         if found is None:
             raise LocalProtocolError(f"{type(msg).__name__} is not a registered message type")
         type_id, entry = found
         array = _encode_fields(entry.schema, msg, entry.cls.__name__)
         array.insert(0, type_id)
-        body: bytes = msgpack.packb(array, use_bin_type=True)
+        return array
+
+    def encode_body(self, msg: Message) -> bytes:
+        """The msgpack array of `msg` (no length prefix); `LocalProtocolError` if invalid."""
+        body: bytes = msgpack.packb(self._array(msg), use_bin_type=True)
         return body
+
+    def encode_framed(self, msg: Message, max_message_size: int) -> bytearray:
+        """Length prefix and msgpack array of `msg`, written with a single copy of the body."""
+        array = self._array(msg)
+        packer = _packer()
+        try:
+            packer.pack(array)
+            with packer.getbuffer() as body:
+                size = len(body)
+                if size > max_message_size:
+                    raise LocalProtocolError(
+                        f"{type(msg).__name__} is {size} bytes, "
+                        f"above the {max_message_size}-byte limit"
+                    )
+                framed = bytearray(size.to_bytes(LENGTH_PREFIX_SIZE, "big"))
+                framed += body
+        finally:
+            packer.reset()
+        return framed
 
     def decode_body(self, body: bytes | bytearray | memoryview) -> Message:
         """Strictly decode one msgpack array into a registered message, or `DecodeError`."""
@@ -354,6 +377,17 @@ class MessageRegistry:
         return decoded
 
 
+_local = threading.local()
+
+
+def _packer() -> msgpack.Packer:
+    """This thread's reusable packer (its internal buffer is kept between messages)."""
+    packer = getattr(_local, "packer", None)
+    if packer is None:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True, autoreset=False)
+    return packer
+
+
 REGISTRY: Final = MessageRegistry()
 message: Final = REGISTRY.register
 
@@ -363,14 +397,9 @@ def encode_message(
     *,
     registry: MessageRegistry = REGISTRY,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-) -> bytes:
+) -> bytearray:
     """One framed message: 4-byte big-endian length, then the msgpack array."""
-    body = registry.encode_body(msg)
-    if len(body) > max_message_size:
-        raise LocalProtocolError(
-            f"{type(msg).__name__} is {len(body)} bytes, above the {max_message_size}-byte limit"
-        )
-    return len(body).to_bytes(LENGTH_PREFIX_SIZE, "big") + body
+    return registry.encode_framed(msg, max_message_size)
 
 
 def decode_body(

@@ -105,7 +105,7 @@ class Connection:
     _reader: MessageReader = attrs.field(init=False)
     _send_lock: trio.Lock = attrs.field(init=False, factory=trio.Lock)
     _mode: _SendMode = attrs.field(init=False, default=_SendMode.DIRECT)
-    _outbox: list[bytes] = attrs.field(init=False, factory=list)
+    _outbox: list[bytes | bytearray] = attrs.field(init=False, factory=list)
     _outbox_size: int = attrs.field(init=False, default=0)
     _in_flight: bool = attrs.field(init=False, default=False)
     _writer_error: BaseException | None = attrs.field(init=False, default=None)

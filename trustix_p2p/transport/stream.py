@@ -82,6 +82,7 @@ class NoiseStream(trio.abc.HalfCloseableStream):
         self._broken: BaseException | None = None
         self._send_broken = False
         self._sending = False
+        self._send_buffer = bytearray()
         self._receiving = False
 
     @classmethod
@@ -280,8 +281,16 @@ class NoiseStream(trio.abc.HalfCloseableStream):
             size = len(view)
             try:
                 for start in range(0, size, _SEND_GROUP):
-                    ciphertext = self._session.send(view[start : start + _SEND_GROUP])
-                    await self.transport_stream.send_all(ciphertext)
+                    chunk = view[start : start + _SEND_GROUP]
+                    buffer = self._send_buffer
+                    if len(buffer) < NoiseSession.sealed_size(len(chunk)):
+                        buffer = self._send_buffer = bytearray(
+                            NoiseSession.sealed_size(min(size, _SEND_GROUP))
+                        )
+                    written = self._session.send_into(buffer, chunk)
+                    # One buffer serves every send: send_all is done with it when it returns.
+                    with memoryview(buffer)[:written] as ciphertext:
+                        await self.transport_stream.send_all(ciphertext)
             except BaseException:
                 # Part of a Noise message may be on the wire (or the session failed, e.g. on
                 # nonce exhaustion): nothing may follow it.
