@@ -506,3 +506,10 @@ def test_claimed_key_that_is_not_a_usable_point_is_a_decode_error() -> None:
     payload = msgpack.packb([1, bytes(32)])  # the identity point: no X25519 conversion
     with pytest.raises(DecodeError, match="cannot be converted to X25519"):
         check_identity_payload(payload, ALICE.public_key.to_x25519(), None)
+
+
+def test_reprs_never_show_key_material() -> None:
+    cipher = CipherState(b"\xab" * 32, 5)
+    assert "ab" not in repr(cipher) and "nonce=5" in repr(cipher)
+    identity = LocalIdentity.from_private_key(ALICE)
+    assert repr(identity) == f"LocalIdentity(public_key={ALICE.public_key.to_base64()!r})"

@@ -172,10 +172,11 @@ _NONCE_PAD: Final = b"\x00\x00\x00\x00"
 class CipherState:
     """A key and a 64-bit nonce (Noise spec §5.1) with ChaChaPoly (§12.3).
 
-    With no key, encryption is the identity, as in the first handshake messages.
+    With no key, encryption is the identity, as in the first handshake messages.  Key
+    material never appears in reprs (they end up in logs and tracebacks).
     """
 
-    key: bytes | None = None
+    key: bytes | None = attrs.field(default=None, repr=False)
     nonce: int = 0
 
     def has_key(self) -> bool:
@@ -240,7 +241,7 @@ class SymmetricState:
     """Chaining key, handshake hash and a cipher state (Noise spec §5.2)."""
 
     hash_function: HashFunction
-    chaining_key: bytes
+    chaining_key: bytes = attrs.field(repr=False)
     handshake_hash: bytes
     cipher: CipherState = attrs.field(factory=CipherState)
 
