@@ -330,3 +330,21 @@ async def test_ping_command_reports_a_wrong_key_as_an_error(
         status = await trio.to_thread.run_sync(cli.main, ["ping", pinned(bound[0], OTHER)])
     assert status == 2
     assert "expected pinned key" in capsys.readouterr().err
+
+
+async def test_invalid_message_from_our_handler_is_logged_as_a_bug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def sends_garbage(connection: Connection) -> None:
+        await connection.receive_message()
+        await connection.send_message(wire.Pong(-1))  # violates Integer(0, 2**64 - 1)
+
+    with caplog.at_level(logging.ERROR, logger="trustix_p2p.transport.server"):
+        async with running_server(sends_garbage) as bound:
+            connection = await connect(bound[0], CLIENT)
+            await connection.send_message(wire.Ping(1))
+            with trio.fail_after(10):
+                assert await connection.receive_message() is None
+            await connection.aclose()
+    assert "local protocol error" in caplog.text
+    assert "Pong.nonce: integer -1 outside" in caplog.text

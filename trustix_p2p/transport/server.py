@@ -25,7 +25,7 @@ import trio
 from trustix_p2p.core.keys import PrivateKey
 from trustix_p2p.core.noise import LocalIdentity
 from trustix_p2p.core.wire import REGISTRY, Error, MessageRegistry, Ping, Pong
-from trustix_p2p.errors import ConfigError, RemoteProtocolError
+from trustix_p2p.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from trustix_p2p.transport.address import format_host_port, parse_listen_address
 from trustix_p2p.transport.connection import (
     CONNECTION_ERRORS,
@@ -89,6 +89,9 @@ async def serve_stream(
     connection = Connection(stream, peer, remote, limits, registry)
     try:
         await run_connection(connection, partial(_guarded, handler))
+    except LocalProtocolError:
+        # We tried to send something the protocol forbids: a bug on our side, not the peer's.
+        logger.exception("connection from %s ended by a local protocol error", remote)
     except CONNECTION_ERRORS as exc:
         logger.info("connection from %s (%s) ended: %s", remote, peer.to_base64(), exc)
     except Exception:
