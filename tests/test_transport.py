@@ -12,7 +12,7 @@ import trio.testing
 from trustix_p2p.core import wire
 from trustix_p2p.core.keys import PrivateKey
 from trustix_p2p.core.noise import LocalIdentity, NoiseError, NoiseSession, Role
-from trustix_p2p.errors import DecodeError, RemoteProtocolError
+from trustix_p2p.errors import ConfigError, DecodeError, RemoteProtocolError
 from trustix_p2p.transport import Connection, NoiseStream, TransportLimits
 
 
@@ -293,7 +293,7 @@ async def test_direct_mode_sends_without_a_writer() -> None:
 
 
 def test_limits_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="idle_timeout must be positive"):
+    with pytest.raises(ConfigError, match="idle_timeout must be positive"):
         TransportLimits(idle_timeout=0)
     assert TransportLimits().max_message_size == 4 * 1024 * 1024
     assert TransportLimits(handshake_timeout=math.inf).handshake_timeout == math.inf

@@ -31,7 +31,7 @@ from trustix_p2p.core.wire import (
     Pong,
     encode_message,
 )
-from trustix_p2p.errors import LocalProtocolError, RemoteProtocolError, TrustixError
+from trustix_p2p.errors import ConfigError, LocalProtocolError, RemoteProtocolError, TrustixError
 from trustix_p2p.transport.address import PeerAddress, parse_peer_address
 from trustix_p2p.transport.stream import NoiseStream
 
@@ -57,12 +57,13 @@ CONNECTION_ERRORS: Final = (TrustixError, trio.BrokenResourceError, trio.ClosedR
 
 
 class PeerUnreachableError(TrustixError):
-    """No TCP connection to the peer could be made (refused, unreachable, timed out)."""
+    """No connection to the peer: TCP refused, unreachable or timed out, or the peer hung up
+    during the handshake (as a node at its connection limit does)."""
 
 
 def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not value > 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+        raise ConfigError(f"{attribute.name} must be positive, got {value!r}")
 
 
 @attrs.frozen
