@@ -155,15 +155,16 @@ def root_from_inclusion_proof(
     inner = (index ^ (size - 1)).bit_length()
     if len(proof) != inner + (index >> inner).bit_count():
         raise VerificationError("proof does not verify")
+    if proof and set(map(len, proof)) != {HASH_SIZE}:
+        raise VerificationError("proof does not verify")
     sha = _sha256
     r = leaf_hash_
-    for i, p in enumerate(proof):
-        if len(p) != HASH_SIZE:
-            raise VerificationError("proof does not verify")
-        if i >= inner or (index >> i) & 1:
-            r = sha(b"\x01" + p + r).digest()
-        else:
-            r = sha(b"\x01" + r + p).digest()
+    for i in range(inner):
+        p = proof[i]
+        # The bit of `index` at this height says whether the sibling is on the left.
+        r = sha(b"\x01" + p + r).digest() if (index >> i) & 1 else sha(b"\x01" + r + p).digest()
+    for p in proof[inner:]:
+        r = sha(b"\x01" + p + r).digest()
     return r
 
 
@@ -189,29 +190,30 @@ def consistency_roots(old_size: int, new_size: int, path: Sequence[bytes]) -> tu
     """
     if not 0 < old_size < new_size or not path:
         raise VerificationError("proof does not verify")
-    for p in path:
-        _check_hash(p)
-    fn, sn = old_size - 1, new_size - 1
-    while fn & 1:
-        fn >>= 1
-        sn >>= 1
-    fr = sr = path[0]
-    for c in path[1:]:
-        if sn == 0:
-            raise VerificationError("proof does not verify")
-        if fn & 1 or fn == sn:
-            fr = _sha256(b"\x01" + c + fr).digest()
-            sr = _sha256(b"\x01" + c + sr).digest()
-            if not fn & 1:
-                while fn and not fn & 1:
-                    fn >>= 1
-                    sn >>= 1
-        else:
-            sr = _sha256(b"\x01" + sr + c).digest()
-        fn >>= 1
-        sn >>= 1
-    if sn != 0:
+    if set(map(len, path)) != {HASH_SIZE}:
         raise VerificationError("proof does not verify")
+    # Equivalent to the RFC's loop, in transparency-dev/merkle's form: drop the levels below
+    # the old tree's largest right-hand perfect subtree (path[0] is its hash), then below
+    # `inner` the two trees' paths differ and the bit of `mask` gives each sibling's side;
+    # above it every sibling is a left-hand border node.
+    shift = (old_size & -old_size).bit_length() - 1
+    mask = (old_size - 1) >> shift
+    inner = (mask ^ ((new_size - 1) >> shift)).bit_length()
+    proof = path[1:]
+    if len(proof) != inner + (mask >> inner).bit_count():
+        raise VerificationError("proof does not verify")
+    sha = _sha256
+    fr = sr = path[0]
+    for i in range(inner):
+        p = proof[i]
+        if (mask >> i) & 1:
+            fr = sha(b"\x01" + p + fr).digest()
+            sr = sha(b"\x01" + p + sr).digest()
+        else:
+            sr = sha(b"\x01" + sr + p).digest()
+    for p in proof[inner:]:
+        fr = sha(b"\x01" + p + fr).digest()
+        sr = sha(b"\x01" + p + sr).digest()
     return fr, sr
 
 
