@@ -193,3 +193,7 @@ async def test_status_and_lookup_commands_print_json(
     (hit,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert hit["index"] == 1 and hit["checkpoint"].startswith("trustix-p2p/")
     assert len(hit["proof"]) == 1
+    assert await call(main, ["checkpoint", "--socket", sock]) == 0
+    note = capsys.readouterr().out.encode()
+    assert verify_checkpoint(note, KEY.public_key).checkpoint.size == 2
+    assert await call(main, ["checkpoint", "--socket", sock, "--log", "00" * 32]) == 2

@@ -6,12 +6,14 @@ import argparse
 import base64
 import json
 import logging
+import sys
 from pathlib import Path
 
 import trio
 
 from trustix_p2p.config import default_config_path, load_node_config
 from trustix_p2p.control.client import ControlClient
+from trustix_p2p.errors import ConfigError, StoreError
 from trustix_p2p.node import run_node
 
 
@@ -45,6 +47,21 @@ def cmd_status(args: argparse.Namespace) -> int:
         "listen": list(s.listen),
     }
     print(json.dumps(out))
+    return 0
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    log_id = None
+    if args.log is not None:
+        try:
+            log_id = bytes.fromhex(args.log)
+        except ValueError as exc:
+            raise ConfigError(f"--log must be a hex log id: {exc}") from exc
+    with ControlClient(_socket_path(args), args.timeout) as client:
+        note = client.checkpoint(log_id)
+    if note is None:
+        raise StoreError("the node has no checkpoint for that log yet")
+    sys.stdout.write(note.decode())
     return 0
 
 
@@ -86,6 +103,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("status", help="show a running node's status (JSON)")
     _add_socket_args(p)
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("checkpoint", help="print a running node's latest checkpoint note")
+    p.add_argument("--log", help="hex log id of a mirrored log (default: the node's own)")
+    _add_socket_args(p)
+    p.set_defaults(func=cmd_checkpoint)
 
     p = sub.add_parser("lookup", help="entries a running node holds for a store path (JSON lines)")
     p.add_argument("out_path")
