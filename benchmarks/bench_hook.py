@@ -36,7 +36,7 @@ from pathlib import Path
 from trustix_p2p.config import load_node_config
 from trustix_p2p.control.client import ControlClient
 from trustix_p2p.errors import NodeUnavailableError
-from trustix_p2p.nix.hook import build_entries, encode_all, hand_over, hook_outputs
+from trustix_p2p.nix.hook import hand_over, hook_leaves, hook_outputs
 from trustix_p2p.nix.nardump import hash_path
 from trustix_p2p.nix.store import open_nix_store
 
@@ -79,8 +79,7 @@ def hook_in_process(drv: str, config_path: Path) -> None:
     store = open_nix_store()
     drv_path, outputs = hook_outputs({"DRV_PATH": drv, "OUT_PATHS": ""}, store)
     infos = store.path_infos([path for _, path in outputs])
-    entries = build_entries(outputs, infos, int(time.time()), drv_path)
-    leaves = encode_all(entries, store.store_dir)
+    leaves = hook_leaves(outputs, infos, int(time.time()), drv_path, store.store_dir)
     result = hand_over(leaves, config.socket_path, config.spool_path, 5.0)
     assert result.indices is not None
 

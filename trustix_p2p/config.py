@@ -2,28 +2,44 @@
 
 Relative paths in the file are resolved against the file's own directory, so a state
 directory can be moved along with its config.  Unknown keys are an error (a typo must not
-silently fall back to a default).  This module only reads and validates; it starts nothing.
+silently fall back to a default).  Reading and checking the file is `trustix_p2p.configfile`
+(plain values, shared with the Nix post-build hook); this module turns the result into a
+`NodeConfig`.  It only reads and validates; it starts nothing.
 """
 
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from trustix_p2p.errors import ConfigError
+from trustix_p2p.configfile import (
+    CONFIG_ENV,
+    SOCKET_NAME,
+    SPOOL_NAME,
+    check_options,
+    default_config_file,
+    read_config,
+)
+from trustix_p2p.configfile import DEFAULT_CONFIG_PATH as _DEFAULT_CONFIG_FILE
 
-DEFAULT_CONFIG_PATH = Path("/etc/trustix-p2p/node.toml")
-CONFIG_ENV = "TRUSTIX_P2P_CONFIG"
+__all__ = [
+    "CONFIG_ENV",
+    "DEFAULT_CONFIG_PATH",
+    "NodeConfig",
+    "config_from_dict",
+    "default_config_path",
+    "load_node_config",
+]
+
+DEFAULT_CONFIG_PATH = Path(_DEFAULT_CONFIG_FILE)
 
 
 def default_config_path() -> Path:
     """$TRUSTIX_P2P_CONFIG if set, else /etc/trustix-p2p/node.toml."""
-    env = os.environ.get(CONFIG_ENV)
-    return Path(env) if env else DEFAULT_CONFIG_PATH
+    return Path(default_config_file())
 
 
 @attrs.frozen
@@ -47,89 +63,37 @@ class NodeConfig:
 
     @property
     def socket_path(self) -> Path:
-        return self.control_socket or self.state_dir / "control.sock"
+        return self.control_socket or self.state_dir / SOCKET_NAME
 
     @property
     def spool_path(self) -> Path:
-        return self.spool_dir or self.state_dir / "spool"
+        return self.spool_dir or self.state_dir / SPOOL_NAME
 
 
-_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "state_dir": str,
-    "key_file": str,
-    "control_socket": str,
-    "spool_dir": str,
-    "checkpoint_interval": (int, float),
-    "spool_poll_interval": (int, float),
-    "listen": list,
-    "seeds": list,
-    "max_submit_batch": int,
-    "log_level": str,
-}
+def _optional_path(value: str | None) -> Path | None:
+    return None if value is None else Path(value)
+
+
+def _from_options(options: dict[str, Any]) -> NodeConfig:
+    return NodeConfig(
+        state_dir=Path(options["state_dir"]),
+        key_file=_optional_path(options["key_file"]),
+        control_socket=_optional_path(options["control_socket"]),
+        spool_dir=_optional_path(options["spool_dir"]),
+        checkpoint_interval=options["checkpoint_interval"],
+        spool_poll_interval=options["spool_poll_interval"],
+        listen=options["listen"],
+        seeds=options["seeds"],
+        max_submit_batch=options["max_submit_batch"],
+        log_level=options["log_level"],
+    )
 
 
 def config_from_dict(data: dict[str, Any], base_dir: Path) -> NodeConfig:
     """Validate a parsed TOML table into a NodeConfig (ConfigError names the bad key)."""
-    unknown = sorted(set(data) - set(_FIELDS))
-    if unknown:
-        raise ConfigError(f"unknown configuration option(s): {', '.join(unknown)}")
-    for key, typ in _FIELDS.items():
-        if key in data and (not isinstance(data[key], typ) or isinstance(data[key], bool)):
-            raise ConfigError(f"configuration option {key!r} has the wrong type")
-    if "state_dir" not in data:
-        raise ConfigError("configuration needs 'state_dir'")
-
-    def path(key: str) -> Path | None:
-        value = data.get(key)
-        if value is None:
-            return None
-        p = Path(value).expanduser()
-        return p if p.is_absolute() else (base_dir / p)
-
-    state_dir = path("state_dir")
-    assert state_dir is not None
-    interval = float(data.get("checkpoint_interval", 2.0))
-    if not 0.01 <= interval <= 86400:
-        raise ConfigError("checkpoint_interval must be between 0.01 and 86400 seconds")
-    poll = float(data.get("spool_poll_interval", 1.0))
-    if not 0.01 <= poll <= 3600:
-        raise ConfigError("spool_poll_interval must be between 0.01 and 3600 seconds")
-    batch = int(data.get("max_submit_batch", 10_000))
-    if not 1 <= batch <= 1_000_000:
-        raise ConfigError("max_submit_batch must be between 1 and 1000000")
-    listen = data.get("listen", ["127.0.0.1:0"])
-    seeds = data.get("seeds", [])
-    for name, items in (("listen", listen), ("seeds", seeds)):
-        if not all(isinstance(x, str) for x in items) or len(items) > 1024:
-            raise ConfigError(f"{name!r} must be a list of address strings")
-    level = data.get("log_level", "info")
-    if level not in ("debug", "info", "warning", "error"):
-        raise ConfigError("log_level must be one of debug, info, warning, error")
-    return NodeConfig(
-        state_dir=state_dir,
-        key_file=path("key_file"),
-        control_socket=path("control_socket"),
-        spool_dir=path("spool_dir"),
-        checkpoint_interval=interval,
-        spool_poll_interval=poll,
-        listen=tuple(listen),
-        seeds=tuple(seeds),
-        max_submit_batch=batch,
-        log_level=level,
-    )
+    return _from_options(check_options(data, os.fspath(base_dir)))
 
 
 def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     """Read and validate a node's TOML configuration file."""
-    p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read configuration {p}: {exc.strerror}") from exc
-    if len(raw) > 1 << 20:
-        raise ConfigError(f"configuration {p} is larger than 1 MiB")
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"configuration {p} is not valid TOML: {exc}") from exc
-    return config_from_dict(data, p.resolve().parent)
+    return _from_options(read_config(path))

@@ -20,16 +20,10 @@ import pytest
 from trustix_p2p.core import nix32
 from trustix_p2p.core.entry import decode_entry
 from trustix_p2p.errors import ConfigError, LocalProtocolError, NixStoreError
-from trustix_p2p.nix.hook import (
-    build_entries,
-    encode_all,
-    entries_for_paths,
-    hand_over,
-    hook_outputs,
-    submit_once,
-)
+from trustix_p2p.nix.hook import hand_over, hook_leaves, hook_outputs
 from trustix_p2p.nix.nardump import hash_path
 from trustix_p2p.nix.store import PathInfo
+from trustix_p2p.nix.submit import build_entries, encode_all, entries_for_paths, submit_once
 from trustix_p2p.spool import pending_spool_files, read_spool
 
 BUILT_AT = 1_700_000_000
@@ -130,10 +124,12 @@ def test_entries_carry_our_nar_hash_and_the_stores_references(world: World) -> N
     assert {e.built_at for e in entries} == {BUILT_AT}
     leaves = encode_all(entries, world.store.store_dir)
     assert [decode_entry(leaf, world.store.store_dir) for leaf in leaves] == entries
+    # The hook's attrs-free path produces the very same leaf bytes.
+    assert hook_leaves(outputs, infos, BUILT_AT, world.drv, world.store.store_dir) == leaves
 
 
 def test_the_build_derivation_is_the_deriver_when_the_store_knows_none(world: World) -> None:
-    info = attrs.evolve(world.store.infos[world.out], deriver="")
+    info = world.store.infos[world.out]._replace(deriver="")
     (entry,) = build_entries([("out", world.out)], [info], BUILT_AT, world.drv)
     assert entry.deriver == world.drv
 

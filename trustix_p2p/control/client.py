@@ -3,31 +3,38 @@
 Blocking on purpose: the post-build hook runs once per build and must start and finish in
 milliseconds, so it does not start an event loop.  Every call has a timeout; a node that is
 absent, refuses, or does not answer in time raises NodeUnavailableError so the caller can spool.
+
+For the same reason submitting (`submit_leaves`, `ControlClient.submit`) loads neither attrs
+nor pathlib: it goes through the attrs-free `framing`, and the attrs message classes of
+`protocol` are imported only by the other requests.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from trustix_p2p.control import protocol
+from trustix_p2p.control import framing
 from trustix_p2p.errors import NodeUnavailableError, RemoteProtocolError
+
+if TYPE_CHECKING:
+    from trustix_p2p.control import protocol
 
 
 class ControlClient:
     """One connection to a node's control socket."""
 
-    def __init__(self, socket_path: Path, timeout: float = 10.0) -> None:
-        self.socket_path = Path(socket_path)
+    def __init__(self, socket_path: str | os.PathLike[str], timeout: float = 10.0) -> None:
+        self.socket_path = socket_path
         self.timeout = timeout
         self._deadline = time.monotonic() + timeout
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
-            sock.connect(str(self.socket_path))
+            sock.connect(os.fspath(socket_path))
         except (FileNotFoundError, ConnectionRefusedError, TimeoutError, OSError) as exc:
             sock.close()
             raise NodeUnavailableError(
@@ -54,34 +61,48 @@ class ControlClient:
             n -= len(chunk)
         return b"".join(chunks)
 
-    def call(self, request: protocol.Request) -> Any:
+    def _exchange(self, request: bytes) -> Any:
+        """Send one framed request; the payload of the node's ok reply."""
         try:
-            self._sock.sendall(protocol.encode_request(request))
-            n = protocol.frame_length(self._recv_exact(4))
-            return protocol.decode_reply(self._recv_exact(n))
+            self._sock.sendall(request)
+            n = framing.frame_length(self._recv_exact(4))
+            return framing.decode_reply(self._recv_exact(n))
         except (TimeoutError, ConnectionError, OSError) as exc:
             raise NodeUnavailableError(
                 f"the node on {self.socket_path} did not answer: {exc}"
             ) from exc
 
+    def call(self, request: protocol.Request) -> Any:
+        from trustix_p2p.control import protocol
+
+        return self._exchange(protocol.encode_request(request))
+
     def submit(self, leaves: Sequence[bytes]) -> list[int]:
-        reply = self.call(protocol.Submit(tuple(leaves)))
-        return protocol.indices_from_wire(reply, len(leaves))
+        reply = self._exchange(framing.submit_request(list(leaves)))
+        return framing.indices_from_wire(reply, len(leaves))
 
     def status(self) -> protocol.Status:
+        from trustix_p2p.control import protocol
+
         return protocol.status_from_wire(self.call(protocol.StatusRequest()))
 
     def checkpoint(self, log_id: bytes | None = None) -> bytes | None:
+        from trustix_p2p.control import protocol
+
         reply = self.call(protocol.CheckpointRequest(log_id))
         if reply is not None and not isinstance(reply, bytes):
             raise RemoteProtocolError("malformed checkpoint reply")
         return reply
 
     def lookup(self, out_path: str) -> list[protocol.LookupHit]:
+        from trustix_p2p.control import protocol
+
         return protocol.hits_from_wire(self.call(protocol.LookupRequest(out_path)))
 
 
-def submit_leaves(socket_path: Path, leaves: Sequence[bytes], timeout: float = 10.0) -> list[int]:
+def submit_leaves(
+    socket_path: str | os.PathLike[str], leaves: Sequence[bytes], timeout: float = 10.0
+) -> list[int]:
     """Hand leaves to the node; their log indices once durable.  Idempotent per leaf bytes.
 
     Raises NodeUnavailableError when the node is absent, refuses or is too slow, and

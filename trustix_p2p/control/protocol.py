@@ -10,23 +10,56 @@ Requests:  ["submit", [leaf bytes, ...]]   -> ["ok", [index, ...]]
            ["lookup", out_path]            -> ["ok", [LookupHit fields...], ...]
 Any request can instead be answered ["error", message].
 
-This module does no I/O.
+The framing and the field checks live in the attrs-free `trustix_p2p.control.framing` (the
+post-build hook submits through it) and are re-exported here.  This module does no I/O.
 """
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 import attrs
-import msgpack
 
-from trustix_p2p.errors import DecodeError, RemoteProtocolError
+from trustix_p2p.control.framing import (
+    MAX_FRAME,
+    MAX_HITS,
+    MAX_LEAVES_PER_SUBMIT,
+    decode_reply,
+    frame,
+    frame_length,
+    indices_from_wire,
+    submit_request,
+    unpack,
+)
+from trustix_p2p.control.framing import check_bytes as _bytes
+from trustix_p2p.control.framing import check_int as _int
+from trustix_p2p.errors import DecodeError
 
-MAX_FRAME = 64 << 20
-MAX_LEAVES_PER_SUBMIT = 100_000
-MAX_HITS = 10_000
-_LEN = struct.Struct(">I")
+__all__ = [
+    "MAX_FRAME",
+    "MAX_HITS",
+    "MAX_LEAVES_PER_SUBMIT",
+    "CheckpointRequest",
+    "LookupHit",
+    "LookupRequest",
+    "Request",
+    "Status",
+    "StatusRequest",
+    "Submit",
+    "decode_reply",
+    "decode_request",
+    "encode_error",
+    "encode_ok",
+    "encode_request",
+    "frame",
+    "frame_length",
+    "hit_to_wire",
+    "hits_from_wire",
+    "indices_from_wire",
+    "status_from_wire",
+    "status_to_wire",
+    "unpack",
+]
 
 
 @attrs.frozen
@@ -80,48 +113,10 @@ class LookupHit:
     proof: tuple[bytes, ...] | None
 
 
-def frame(obj: Any) -> bytes:
-    data: bytes = msgpack.packb(obj, use_bin_type=True)
-    if len(data) > MAX_FRAME:
-        raise RemoteProtocolError(f"control message of {len(data)} bytes exceeds {MAX_FRAME}")
-    return _LEN.pack(len(data)) + data
-
-
-def frame_length(header: bytes) -> int:
-    (n,) = _LEN.unpack(header)
-    if n > MAX_FRAME:
-        raise RemoteProtocolError(f"control message of {n} bytes exceeds {MAX_FRAME}")
-    return int(n)
-
-
-def unpack(data: bytes) -> list[Any]:
-    try:
-        obj = msgpack.unpackb(
-            data, raw=False, use_list=True, strict_map_key=True, max_array_len=MAX_LEAVES_PER_SUBMIT
-        )
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise DecodeError(f"control message is not valid msgpack: {exc}") from exc
-    if not isinstance(obj, list) or not obj or not isinstance(obj[0], str):
-        raise DecodeError("control message must be an array starting with its type")
-    return obj
-
-
-def _bytes(value: Any, what: str, size: int | None = None) -> bytes:
-    if not isinstance(value, bytes) or (size is not None and len(value) != size):
-        raise DecodeError(f"{what} must be {size or 'some'} bytes")
-    return value
-
-
-def _int(value: Any, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
-        raise DecodeError(f"{what} must be a non-negative integer")
-    return value
-
-
 def encode_request(req: Request) -> bytes:
     match req:
         case Submit(leaves):
-            return frame(["submit", list(leaves)])
+            return submit_request(list(leaves))
         case StatusRequest():
             return frame(["status"])
         case CheckpointRequest(log_id):
@@ -151,16 +146,6 @@ def encode_ok(payload: Any) -> bytes:
 
 def encode_error(message: str) -> bytes:
     return frame(["error", message[:4096]])
-
-
-def decode_reply(data: bytes) -> Any:
-    """The payload of an ok reply; RemoteProtocolError carrying the node's message otherwise."""
-    msg = unpack(data)
-    if msg[0] == "ok" and len(msg) == 2:
-        return msg[1]
-    if msg[0] == "error" and len(msg) == 2 and isinstance(msg[1], str):
-        raise RemoteProtocolError(f"node refused the request: {msg[1]}")
-    raise DecodeError("malformed control reply")
 
 
 def status_to_wire(s: Status) -> list[Any]:
@@ -193,12 +178,6 @@ def status_from_wire(v: Any) -> Status:
         _int(v[6], "logs"),
         tuple(v[7]),
     )
-
-
-def indices_from_wire(v: Any, expected: int) -> list[int]:
-    if not isinstance(v, list) or len(v) != expected:
-        raise DecodeError("malformed submit reply")
-    return [_int(x, "index") for x in v]
 
 
 def hit_to_wire(h: LookupHit) -> list[Any]:

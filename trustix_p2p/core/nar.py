@@ -17,7 +17,8 @@ Directory entries appear sorted by the raw bytes of their names; a name is never
 permission bits other than "some execute bit is set".
 
 This module is pure: it never touches the filesystem, the clock or randomness.  It gives the
-byte-level building blocks (`frame`, `regular_prefix`, ...), a small reference serialiser of
+byte-level building blocks (`frame`, `regular_prefix`, ..., defined in the attrs-free
+`trustix_p2p.core.narframe` and re-exported here), a small reference serialiser of
 in-memory trees (`NarRegular`, `NarSymlink`, `NarDirectory`) that tests use to cross-check the
 fast filesystem walker in `trustix_p2p.nix.nardump`, and `NarHasher`, which hashes and counts a
 NAR in one pass, so a proxy can check NAR bytes streamed from elsewhere.  It must never hold a
@@ -27,13 +28,25 @@ whole NAR in memory on behalf of a caller.
 from __future__ import annotations
 
 import hashlib
-import struct
 from collections.abc import Iterator, Mapping
 from typing import TypeAlias
 
 import attrs
 
 from trustix_p2p.core import nix32
+from trustix_p2p.core.narframe import (
+    DIRECTORY_PREFIX,
+    ENTRY_CLOSE,
+    NAR_MAGIC,
+    NODE_CLOSE,
+    SYMLINK_PREFIX,
+    check_entry_name,
+    entry_prefix,
+    frame,
+    padding,
+    regular_prefix,
+    symlink_node,
+)
 from trustix_p2p.errors import LocalProtocolError
 
 __all__ = [
@@ -56,58 +69,6 @@ __all__ = [
     "serialise_tree",
     "symlink_node",
 ]
-
-_U64 = struct.Struct("<Q")
-_ZEROS = bytes(8)
-
-
-def padding(length: int) -> bytes:
-    """The zero bytes that pad a string of `length` bytes to a multiple of 8."""
-    return _ZEROS[: (-length) & 7]
-
-
-def frame(data: bytes) -> bytes:
-    """One NAR string: u64 little-endian length, the bytes, zero padding to 8."""
-    return _U64.pack(len(data)) + data + _ZEROS[: (-len(data)) & 7]
-
-
-#: "nix-archive-1" then the opening of the root node up to its type.
-NAR_MAGIC = frame(b"nix-archive-1") + frame(b"(") + frame(b"type")
-#: Everything of a regular-file node before the content length, per executable bit.
-_REGULAR = frame(b"regular")
-_EXECUTABLE = frame(b"executable") + frame(b"")
-_CONTENTS = frame(b"contents")
-#: A symlink node up to (excluding) its framed target.
-SYMLINK_PREFIX = frame(b"symlink") + frame(b"target")
-#: A directory node's type; entries follow, then NODE_CLOSE.
-DIRECTORY_PREFIX = frame(b"directory")
-#: Closes any node; closing a directory entry is NODE_CLOSE for the child then ENTRY_CLOSE.
-NODE_CLOSE = frame(b")")
-ENTRY_CLOSE = frame(b")")
-_ENTRY_OPEN = frame(b"entry") + frame(b"(") + frame(b"name")
-_NODE_OPEN = frame(b"node") + frame(b"(") + frame(b"type")
-
-
-def regular_prefix(executable: bool, size: int) -> bytes:
-    """The bytes of a regular-file node (after its "type") up to its contents."""
-    head = _REGULAR + _EXECUTABLE if executable else _REGULAR
-    return head + _CONTENTS + _U64.pack(size)
-
-
-def symlink_node(target: bytes) -> bytes:
-    """A whole symlink node after its "type", including its closing parenthesis."""
-    return SYMLINK_PREFIX + frame(target) + NODE_CLOSE
-
-
-def entry_prefix(name: bytes) -> bytes:
-    """Opens a directory entry called `name`, up to the child's type string."""
-    return _ENTRY_OPEN + frame(name) + _NODE_OPEN
-
-
-def check_entry_name(name: bytes) -> None:
-    """Refuse a directory entry name that Nix itself would refuse to serialise or restore."""
-    if name in (b"", b".", b"..") or b"/" in name or b"\0" in name:
-        raise LocalProtocolError(f"NAR entry name {name!r} is not allowed")
 
 
 @attrs.frozen

@@ -17,6 +17,14 @@ from typing import Any
 import attrs
 
 from trustix_p2p.core.nix32 import ALPHABET
+from trustix_p2p.core.storepath_syntax import (
+    BASENAME_PATTERN,
+    DEFAULT_STORE_DIR,
+    HASH_PART_LEN,
+    MAX_NAME_LEN,
+    is_valid_basename,
+    is_valid_store_path,
+)
 from trustix_p2p.errors import DecodeError
 
 __all__ = [
@@ -32,17 +40,10 @@ __all__ = [
     "validate_name",
 ]
 
-DEFAULT_STORE_DIR = "/nix/store"
-HASH_PART_LEN = 32
-MAX_NAME_LEN = 211
-
 _HASH_RE = re.compile(f"[{ALPHABET}]{{{HASH_PART_LEN}}}")
 # Same set as Nix's checkName; `\Z`-anchored via fullmatch so a trailing newline cannot slip by.
+# The fused all-rules pattern and the fast checks live in `storepath_syntax` (re-exported here).
 _NAME_RE = re.compile(r"[A-Za-z0-9+\-._?=]{1,211}")
-# All of the rules at once, for the hot path (entry decoding); the step-by-step checks below
-# run only to explain a rejection.
-BASENAME_PATTERN = f"[{ALPHABET}]{{{HASH_PART_LEN}}}-(?!\\.)[A-Za-z0-9+\\-._?=]{{1,{MAX_NAME_LEN}}}"
-_BASENAME_RE = re.compile(BASENAME_PATTERN)
 
 
 def _show(text: str) -> str:
@@ -105,21 +106,6 @@ class StorePath:
 
     def __str__(self) -> str:
         return self.path
-
-
-def is_valid_basename(text: str) -> bool:
-    """Whether `text` is a valid `<hash>-<name>`; the fast form of `validate_basename`."""
-    return _BASENAME_RE.fullmatch(text) is not None
-
-
-def is_valid_store_path(text: str, store_dir: str = DEFAULT_STORE_DIR) -> bool:
-    """Whether `text` is a valid store path in `store_dir` (fast, no explanation)."""
-    prefix_len = len(store_dir) + 1
-    return (
-        text.startswith(store_dir)
-        and text[prefix_len - 1 : prefix_len] == "/"
-        and _BASENAME_RE.fullmatch(text, prefix_len) is not None
-    )
 
 
 def validate_basename(text: str) -> str:

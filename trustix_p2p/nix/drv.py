@@ -16,15 +16,14 @@ caller then asks the Nix store for.
 
 `parse_derivation` is pure; `read_derivation` is the only function here that touches a file, and
 nothing here runs Nix.  It never guesses: anything that is not exactly the grammar above raises
-`DecodeError`.
+`DecodeError`.  It must not import attrs: the post-build hook parses a `.drv` on every build.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from pathlib import Path
-
-import attrs
+from typing import NamedTuple
 
 from trustix_p2p.errors import DecodeError, NixStoreError
 
@@ -33,16 +32,16 @@ __all__ = ["Derivation", "DerivationOutput", "parse_derivation", "read_derivatio
 MAX_DRV_BYTES = 64 * 1024 * 1024
 
 
-@attrs.frozen
-class DerivationOutput:
+# NamedTuples rather than attrs classes: the post-build hook parses a .drv on every build,
+# and attrs costs more start-up time than everything else the hook does.
+class DerivationOutput(NamedTuple):
     name: str
     path: str  # "" for a floating content-addressed output
     hash_algo: str
     hash: str
 
 
-@attrs.frozen
-class Derivation:
+class Derivation(NamedTuple):
     outputs: tuple[DerivationOutput, ...]
     input_drvs: tuple[tuple[str, tuple[str, ...]], ...]
     input_srcs: tuple[str, ...]
@@ -164,7 +163,7 @@ def parse_derivation(text: str) -> Derivation:
     return Derivation(outputs, tuple(input_drvs), input_srcs, system, builder, args, env)
 
 
-def read_derivation(path: str | Path) -> Derivation:
+def read_derivation(path: str | os.PathLike[str]) -> Derivation:
     """Read and parse a `.drv` file from the store."""
     try:
         with open(path, "rb") as f:

@@ -1,4 +1,4 @@
-"""The Nix post-build hook and `submit`: turn built store paths into log entries for the node.
+"""The Nix post-build hook: turn the outputs Nix just built into leaves for the node.
 
 Nix runs `post-build-hook` after every successful build, with `DRV_PATH` set to the derivation
 and `OUT_PATHS` to its outputs; Nix 2.8 (Debian's `nix-bin`) leaves `OUT_PATHS` empty, so the
@@ -19,34 +19,42 @@ Hand-over rules, in this order, because a build must never fail or be lost on ou
    line explains: no `DRV_PATH`, an unreadable config, an unwritable spool directory, a node
    that rejects our entries.
 
-Time is a parameter (`built_at`), so tests replay exactly.  This module starts no event loop
-and imports nothing heavy: the hook runs once per build and its start-up time is overhead.
+Time is a parameter (`built_at`), so tests replay exactly.  The hook runs once per build and
+its start-up time is overhead on every build, so this module and everything it imports on the
+way to a logged build stay free of attrs, pathlib, trio and nacl: values are NamedTuples and
+leaves are encoded from plain fields (`trustix_p2p.core.leaf`), through the same validation as
+`encode_entry`.  The `Entry`-based hand-over for `submit` is `trustix_p2p.nix.submit`.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple, TextIO
 
-import attrs
-
-from trustix_p2p.control.client import ControlClient, submit_leaves
-from trustix_p2p.core.entry import Entry, decode_entry, encode_entry
-from trustix_p2p.core.storepath import parse_store_path
-from trustix_p2p.errors import ConfigError, DecodeError, NixStoreError, NodeUnavailableError
+from trustix_p2p import configfile
+from trustix_p2p.control.client import submit_leaves
+from trustix_p2p.core.leaf import encode_leaf
+from trustix_p2p.core.storepath_syntax import is_valid_store_path, why_invalid
+from trustix_p2p.errors import ConfigError, NixStoreError, NodeUnavailableError
 from trustix_p2p.nix.drv import read_derivation
-from trustix_p2p.nix.nardump import hash_path
-from trustix_p2p.nix.store import NixStore, PathInfo
+from trustix_p2p.nix.nardump import nar_digest
+from trustix_p2p.nix.store import NixStore, PathInfo, open_nix_store
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "EntryFields",
     "HandOver",
-    "build_entries",
-    "encode_all",
-    "entries_for_paths",
     "hand_over",
+    "hook_leaves",
     "hook_outputs",
-    "submit_once",
+    "output_fields",
+    "run_hook",
 ]
 
 #: How long the hook waits for the node before spooling.  A healthy node acknowledges a
@@ -54,13 +62,24 @@ __all__ = [
 DEFAULT_TIMEOUT = 5.0
 
 
-@attrs.frozen
-class HandOver:
+class HandOver(NamedTuple):
     """What happened to a batch of leaves: logged at `indices`, or spooled to `spool_file`."""
 
     indices: tuple[int, ...] | None
     spool_file: Path | None
     reason: str = ""  # why the node was not used, when spooled
+
+
+class EntryFields(NamedTuple):
+    """The fields of one entry v1, in `Entry`'s order (`Entry(*fields)` builds one)."""
+
+    out_path: str
+    nar_hash: bytes
+    nar_size: int
+    references: tuple[str, ...]
+    deriver: str
+    output_name: str
+    built_at: int
 
 
 def hook_outputs(env: Mapping[str, str], store: NixStore) -> tuple[str, list[tuple[str, str]]]:
@@ -75,10 +94,9 @@ def hook_outputs(env: Mapping[str, str], store: NixStore) -> tuple[str, list[tup
             "DRV_PATH is not set: nix-hook must be run by Nix as its post-build-hook "
             "(use 'trustix-p2p submit' from scripts)"
         )
-    try:
-        parse_store_path(drv_path, store.store_dir)
-    except DecodeError as exc:
-        raise ConfigError(f"DRV_PATH is not a derivation in {store.store_dir}: {exc}") from exc
+    if not is_valid_store_path(drv_path, store.store_dir):
+        why = why_invalid(drv_path, store.store_dir)
+        raise ConfigError(f"DRV_PATH is not a derivation in {store.store_dir}: {why}")
     fixed = read_derivation(drv_path).output_paths()
     out_paths = env.get("OUT_PATHS", "").split()
 
@@ -100,73 +118,59 @@ def hook_outputs(env: Mapping[str, str], store: NixStore) -> tuple[str, list[tup
     return drv_path, outputs
 
 
-def build_entries(
+def output_fields(
     outputs: Sequence[tuple[str, str]],
     infos: Sequence[PathInfo],
     built_at: int,
     drv_path: str = "",
-) -> list[Entry]:
-    """One entry per output, hashing each output's NAR here.
+) -> list[EntryFields]:
+    """The entry fields of each output, hashing each output's NAR here.
 
     `infos[i]` is the Nix store's registration of `outputs[i]`; its deriver wins over
     `drv_path` (they only differ when Nix had registered the path before this build).
     """
-    entries = []
+    fields = []
     for (name, path), info in zip(outputs, infos, strict=True):
-        nar = hash_path(path)
-        entries.append(
-            Entry(
-                out_path=path,
-                nar_hash=nar.sha256,
-                nar_size=nar.size,
-                references=info.references,
-                deriver=info.deriver or drv_path,
-                output_name=name,
-                built_at=built_at,
+        nar_hash, nar_size = nar_digest(path)
+        fields.append(
+            EntryFields(
+                path, nar_hash, nar_size, info.references, info.deriver or drv_path, name, built_at
             )
         )
-    return entries
+    return fields
 
 
-def _output_name(path: str, deriver: str, store: NixStore) -> str:
-    """Which output of its deriver `path` is; "out" when the deriver is gone or unknown."""
-    if deriver:
-        try:
-            for name, out in read_derivation(deriver).output_paths().items():
-                if out == path:
-                    return name
-        except (NixStoreError, DecodeError):
-            pass  # the .drv may have been garbage-collected; the database may still know
-        for name, out in store.derivation_outputs(deriver).items():
-            if out == path:
-                return name
-    return "out"
-
-
-def entries_for_paths(paths: Sequence[str], store: NixStore, built_at: int) -> list[Entry]:
-    """Entries for arbitrary valid store paths (the `submit` command)."""
-    for path in paths:
-        try:
-            parse_store_path(path, store.store_dir)
-        except DecodeError as exc:
-            raise ConfigError(f"{path!r} is not a store path: {exc}") from exc
-    infos = store.path_infos(paths)
-    outputs = [(_output_name(p, i.deriver, store), p) for p, i in zip(paths, infos, strict=True)]
-    return build_entries(outputs, infos, built_at)
+def hook_leaves(
+    outputs: Sequence[tuple[str, str]],
+    infos: Sequence[PathInfo],
+    built_at: int,
+    drv_path: str,
+    store_dir: str,
+) -> list[bytes]:
+    """The leaf bytes for `outputs`, validated like `encode_entry` (`LocalProtocolError`)."""
+    return [
+        encode_leaf(*fields, store_dir)
+        for fields in output_fields(outputs, infos, built_at, drv_path)
+    ]
 
 
 def hand_over(
-    leaves: Sequence[bytes], socket_path: Path, spool_dir: Path, timeout: float
+    leaves: Sequence[bytes],
+    socket_path: str | os.PathLike[str],
+    spool_dir: str | os.PathLike[str],
+    timeout: float,
 ) -> HandOver:
     """Submit `leaves` to the node, or spool them durably if it is unavailable."""
     try:
         indices = submit_leaves(socket_path, leaves, timeout)
     except NodeUnavailableError as exc:
         # Imported only when needed: every import is start-up time on every build.
+        from pathlib import Path
+
         from trustix_p2p.spool import write_spool
 
         try:
-            spooled = write_spool(spool_dir, leaves)
+            spooled = write_spool(Path(spool_dir), leaves)
         except OSError as spool_exc:
             raise ConfigError(
                 f"node unavailable ({exc}) and cannot write the spool directory {spool_dir}: "
@@ -176,50 +180,37 @@ def hand_over(
     return HandOver(tuple(indices), None)
 
 
-def _same_build(logged: Entry, new: Entry) -> bool:
-    """Whether `logged` already records what `new` would (everything but the time)."""
-    return attrs.evolve(logged, built_at=new.built_at) == new
-
-
-def submit_once(
-    entries: Sequence[Entry],
-    store_dir: str,
-    socket_path: Path,
-    spool_dir: Path,
-    timeout: float,
+def run_hook(
+    config_file: str | os.PathLike[str],
+    timeout: float = DEFAULT_TIMEOUT,
+    env: Mapping[str, str] = os.environ,
+    log: TextIO = sys.stderr,
 ) -> HandOver:
-    """Hand over entries, skipping those the node's own log already holds (but for the time).
+    """Everything `nix-hook` does: log (or spool) the outputs of `env["DRV_PATH"]`.
 
-    For `submit`, which scripts may re-run: submitting the same store path twice must not
-    grow the log.  (The hook does not ask: a rebuild is a real event worth a new entry.)
-    Returns the log index of every entry, old or new; spools like `hand_over` when the node
-    is unavailable.
+    Writes one line about what happened to `log` (Nix shows it in the build log).  Raises a
+    `TrustixError` only for a misconfiguration (see the module docstring).
     """
-    leaves = encode_all(entries, store_dir)
-    try:
-        with ControlClient(socket_path, timeout) as client:
-            own_log = client.status().log_id
-            indices: list[int | None] = [None] * len(entries)
-            for i, entry in enumerate(entries):
-                for hit in client.lookup(entry.out_path):
-                    if hit.log_id != own_log:
-                        continue
-                    try:
-                        logged = decode_entry(hit.leaf, store_dir)
-                    except DecodeError:
-                        continue  # another store directory's entry; not ours to match
-                    if _same_build(logged, entry):
-                        indices[i] = hit.index
-                        break
-            todo = [i for i, index in enumerate(indices) if index is None]
-            if todo:
-                for i, index in zip(todo, client.submit([leaves[i] for i in todo]), strict=True):
-                    indices[i] = index
-    except NodeUnavailableError:
-        return hand_over(leaves, socket_path, spool_dir, timeout)
-    return HandOver(tuple(i for i in indices if i is not None), None)
-
-
-def encode_all(entries: Sequence[Entry], store_dir: str) -> list[bytes]:
-    """The leaf bytes of each entry, validated against `store_dir`."""
-    return [encode_entry(e, store_dir) for e in entries]
+    # Read the config before any hashing: a misconfigured hook should say so at once.
+    options = configfile.read_config(config_file)
+    store = open_nix_store()
+    drv_path, outputs = hook_outputs(env, store)
+    infos = store.path_infos([path for _, path in outputs])
+    leaves = hook_leaves(outputs, infos, int(time.time()), drv_path, store.store_dir)
+    result = hand_over(
+        leaves, configfile.socket_path(options), configfile.spool_path(options), timeout
+    )
+    names = ", ".join(name for name, _ in outputs)
+    if result.spool_file is not None:
+        print(
+            f"trustix-p2p: node unavailable ({result.reason}); spooled {len(leaves)} "
+            f"entries ({names}) to {result.spool_file}",
+            file=log,
+        )
+    else:
+        print(
+            f"trustix-p2p: logged {drv_path} ({names}) at "
+            f"{', '.join(map(str, result.indices or ()))}",
+            file=log,
+        )
+    return result

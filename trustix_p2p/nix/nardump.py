@@ -1,6 +1,6 @@
 """Serialise a file tree on disk as a NAR, and hash it, fast and in flat memory.
 
-This is the filesystem shell around the pure framing in `trustix_p2p.core.nar`: it produces
+This is the filesystem shell around the pure framing in `trustix_p2p.core.narframe`: it produces
 exactly the bytes of `nix-store --dump PATH`, and `hash_path` gives the SHA-256 and size that
 `nix-hash --type sha256 --base32` and `nix path-info` report, in one pass.
 
@@ -27,19 +27,19 @@ something that never existed.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import struct
 from collections.abc import Callable, Iterator
 from operator import attrgetter
+from typing import TYPE_CHECKING
 
-from trustix_p2p.core.nar import (
+from trustix_p2p.core.narframe import (
     DIRECTORY_PREFIX,
     ENTRY_CLOSE,
     NAR_MAGIC,
     NODE_CLOSE,
-    NarHash,
-    NarHasher,
     frame,
     padding,
     regular_prefix,
@@ -47,7 +47,10 @@ from trustix_p2p.core.nar import (
 )
 from trustix_p2p.errors import LocalProtocolError, NixStoreError
 
-__all__ = ["Sink", "dump_path", "hash_path", "nar_bytes"]
+if TYPE_CHECKING:
+    from trustix_p2p.core.nar import NarHash
+
+__all__ = ["Sink", "dump_path", "hash_path", "nar_bytes", "nar_digest"]
 
 #: Receives NAR bytes in order.  A chunk is only valid during the call: the walker reuses its
 #: buffers, so a sink that keeps data must copy it (as `bytearray.extend` does).
@@ -61,7 +64,7 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOCTTY
 _by_name = attrgetter("name")
 _pack_u64 = struct.Struct("<Q").pack
 _ZEROS = bytes(8)
-# Precomputed framing for the hot loop in `_walk`; equal to what `trustix_p2p.core.nar`'s
+# Precomputed framing for the hot loop in `_walk`; equal to what `trustix_p2p.core.narframe`'s
 # `entry_prefix` and `regular_prefix` build, which the tests check byte for byte.
 _ENTRY_OPEN = frame(b"entry") + frame(b"(") + frame(b"name")
 _NODE_OPEN = frame(b"node") + frame(b"(") + frame(b"type")
@@ -73,9 +76,18 @@ _EXEC_BITS = stat.S_IXUSR  # Nix's archive.cc marks a file executable iff S_IXUS
 
 def hash_path(path: str | bytes | os.PathLike[str]) -> NarHash:
     """SHA-256 and size of the NAR of `path`, in one pass and flat memory."""
-    hasher = NarHasher()
-    dump_path(path, hasher.update)
-    return hasher.result()
+    # Imported here: `nar` loads attrs, which the post-build hook (it calls `nar_digest`)
+    # must not pay for on every build.
+    from trustix_p2p.core.nar import NarHash
+
+    return NarHash(*nar_digest(path))
+
+
+def nar_digest(path: str | bytes | os.PathLike[str]) -> tuple[bytes, int]:
+    """The raw SHA-256 digest and the size of the NAR of `path` (`hash_path` without a value)."""
+    sha256 = hashlib.sha256()
+    size = dump_path(path, sha256.update)
+    return sha256.digest(), size
 
 
 def nar_bytes(path: str | bytes | os.PathLike[str]) -> bytes:
@@ -207,7 +219,7 @@ def _walk(top: bytes, buf: bytearray, sink: Sink) -> int:
 
     Ends by closing `top`'s node and flushing `buf` completely: the caller must start a fresh
     buffer afterwards.  The loop body is the hot path for trees of many small files, so the
-    framing of `trustix_p2p.core.nar` is inlined here from its precomputed constants.
+    framing of `trustix_p2p.core.narframe` is inlined here from its precomputed constants.
     """
     total = 0
     pack = _pack_u64

@@ -22,13 +22,14 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-import attrs
-
-from trustix_p2p.core.storepath import DEFAULT_STORE_DIR, parse_store_path
-from trustix_p2p.errors import DecodeError, NixStoreError
+from trustix_p2p.core.storepath_syntax import (
+    DEFAULT_STORE_DIR,
+    is_valid_store_path,
+    why_invalid,
+)
+from trustix_p2p.errors import NixStoreError
 
 __all__ = [
     "CliNixStore",
@@ -43,8 +44,9 @@ _SCHEMA_VERSION = "10"  # Nix's local store schema since Nix 2.0
 _DEFAULT_STATE_DIR = "/nix/var/nix"
 
 
-@attrs.frozen
-class PathInfo:
+# A NamedTuple and plain classes rather than attrs: the post-build hook queries the store on
+# every build, and attrs costs more start-up time than everything else the hook does.
+class PathInfo(NamedTuple):
     """What the Nix store registered for one valid path."""
 
     path: str
@@ -72,10 +74,21 @@ def nix_store_dir() -> str:
 
 
 def _basenames(paths: Sequence[str], store_dir: str) -> tuple[str, ...]:
-    try:
-        return tuple(sorted({parse_store_path(p, store_dir).basename for p in paths}))
-    except DecodeError as exc:
-        raise NixStoreError(f"the Nix store returned an invalid reference: {exc}") from exc
+    for p in paths:
+        if not is_valid_store_path(p, store_dir):
+            raise NixStoreError(
+                f"the Nix store returned an invalid reference: {why_invalid(p, store_dir)}"
+            )
+    return tuple(sorted({p[len(store_dir) + 1 :] for p in paths}))
+
+
+def _parse_store_path_name(path: str, store_dir: str) -> str:
+    """The name part of a store path (after `<hash>-`); `NixStoreError` if it is invalid."""
+    if not is_valid_store_path(path, store_dir):
+        raise NixStoreError(
+            f"nix-store returned an invalid output path: {why_invalid(path, store_dir)}"
+        )
+    return path[len(store_dir) + 34 :]
 
 
 def _hash(text: str, path: str) -> bytes:
@@ -90,20 +103,23 @@ def _hash(text: str, path: str) -> bytes:
     return raw
 
 
-@attrs.define(eq=False)
 class SqliteNixStore:
     """Read-only access to a local Nix store's SQLite database."""
 
-    db_path: Path
-    store_dir: str = DEFAULT_STORE_DIR
-    _conn: sqlite3.Connection | None = attrs.field(default=None, init=False)
+    def __init__(self, db_path: str | os.PathLike[str], store_dir: str = DEFAULT_STORE_DIR) -> None:
+        self.db_path = db_path
+        self.store_dir = store_dir
+        self._conn: sqlite3.Connection | None = None
 
     @classmethod
-    def open(cls, state_dir: Path, store_dir: str = DEFAULT_STORE_DIR) -> SqliteNixStore:
+    def open(
+        cls, state_dir: str | os.PathLike[str], store_dir: str = DEFAULT_STORE_DIR
+    ) -> SqliteNixStore:
         """Open `state_dir/db/db.sqlite` read-only; `NixStoreError` if it is not usable."""
-        db = state_dir / "db" / "db.sqlite"
+        db = os.path.join(state_dir, "db", "db.sqlite")
         try:
-            schema = (state_dir / "db" / "schema").read_text().strip()
+            with open(os.path.join(state_dir, "db", "schema"), encoding="utf-8") as f:
+                schema = f.read().strip()
         except OSError as exc:
             raise NixStoreError(f"no readable Nix database under {state_dir}") from exc
         if schema != _SCHEMA_VERSION:
@@ -176,13 +192,18 @@ class SqliteNixStore:
             raise NixStoreError(f"querying the Nix database failed: {exc}") from exc
 
 
-@attrs.define(eq=False)
 class CliNixStore:
     """Queries through the `nix-store` command (works with a daemon and any schema)."""
 
-    store_dir: str = DEFAULT_STORE_DIR
-    nix_store: str = "nix-store"
-    timeout: float = 60.0
+    def __init__(
+        self,
+        store_dir: str = DEFAULT_STORE_DIR,
+        nix_store: str = "nix-store",
+        timeout: float = 60.0,
+    ) -> None:
+        self.store_dir = store_dir
+        self.nix_store = nix_store
+        self.timeout = timeout
 
     def _run(self, args: Sequence[str]) -> str:
         import subprocess  # only on this fallback path: the hook's start-up time counts
@@ -238,24 +259,23 @@ class CliNixStore:
         # derivation name, plus "-<output>" unless the output is "out" (Nix's
         # `outputPathName`); that recovers the names.
         outputs: dict[str, str] = {}
-        try:
-            drv_name = parse_store_path(drv_path, self.store_dir).name.removesuffix(".drv")
-            for path in self._run(["--query", "--outputs", drv_path]).split():
-                name = parse_store_path(path, self.store_dir).name
-                output = "out" if name == drv_name else name.removeprefix(drv_name + "-")
-                outputs[output] = path
-        except DecodeError as exc:
-            raise NixStoreError(f"nix-store returned an invalid output path: {exc}") from exc
+        drv_name = _parse_store_path_name(drv_path, self.store_dir).removesuffix(".drv")
+        for path in self._run(["--query", "--outputs", drv_path]).split():
+            name = _parse_store_path_name(path, self.store_dir)
+            output = "out" if name == drv_name else name.removeprefix(drv_name + "-")
+            outputs[output] = path
         return outputs
 
 
-def open_nix_store(state_dir: Path | None = None, store_dir: str | None = None) -> NixStore:
+def open_nix_store(
+    state_dir: str | os.PathLike[str] | None = None, store_dir: str | None = None
+) -> NixStore:
     """The fastest way to query the local Nix store that works here.
 
     `state_dir` defaults to `$NIX_STATE_DIR` or /nix/var/nix, `store_dir` to `nix_store_dir()`.
     """
     store_dir = store_dir or nix_store_dir()
-    state = state_dir or Path(os.environ.get("NIX_STATE_DIR") or _DEFAULT_STATE_DIR)
+    state = state_dir or os.environ.get("NIX_STATE_DIR") or _DEFAULT_STATE_DIR
     try:
         return SqliteNixStore.open(state, store_dir)
     except NixStoreError:

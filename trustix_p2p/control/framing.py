@@ -1,0 +1,96 @@
+"""Control-socket framing: the attrs-free half of `trustix_p2p.control.protocol`.
+
+Frames are a 4-byte big-endian length and a msgpack array whose first element names the
+message (the message table is in `protocol`).  This module holds the framing, the strict
+field checks and what the post-build hook needs to submit leaves and read the answer;
+`protocol` re-exports all of it next to its attrs message classes.
+
+It exists apart from `protocol` so the hook, which runs once per build and pays for every
+import, can talk to the node without loading attrs.  It does no I/O and must never import
+attrs or anything that does.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgpack
+
+from trustix_p2p.errors import DecodeError, RemoteProtocolError
+
+__all__ = [
+    "MAX_FRAME",
+    "MAX_HITS",
+    "MAX_LEAVES_PER_SUBMIT",
+    "decode_reply",
+    "frame",
+    "frame_length",
+    "indices_from_wire",
+    "submit_request",
+    "unpack",
+]
+
+MAX_FRAME = 64 << 20
+MAX_LEAVES_PER_SUBMIT = 100_000
+MAX_HITS = 10_000
+_LEN = struct.Struct(">I")
+
+
+def frame(obj: Any) -> bytes:
+    data: bytes = msgpack.packb(obj, use_bin_type=True)
+    if len(data) > MAX_FRAME:
+        raise RemoteProtocolError(f"control message of {len(data)} bytes exceeds {MAX_FRAME}")
+    return _LEN.pack(len(data)) + data
+
+
+def frame_length(header: bytes) -> int:
+    (n,) = _LEN.unpack(header)
+    if n > MAX_FRAME:
+        raise RemoteProtocolError(f"control message of {n} bytes exceeds {MAX_FRAME}")
+    return int(n)
+
+
+def unpack(data: bytes) -> list[Any]:
+    try:
+        obj = msgpack.unpackb(
+            data, raw=False, use_list=True, strict_map_key=True, max_array_len=MAX_LEAVES_PER_SUBMIT
+        )
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise DecodeError(f"control message is not valid msgpack: {exc}") from exc
+    if not isinstance(obj, list) or not obj or not isinstance(obj[0], str):
+        raise DecodeError("control message must be an array starting with its type")
+    return obj
+
+
+def check_bytes(value: Any, what: str, size: int | None = None) -> bytes:
+    if not isinstance(value, bytes) or (size is not None and len(value) != size):
+        raise DecodeError(f"{what} must be {size or 'some'} bytes")
+    return value
+
+
+def check_int(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+        raise DecodeError(f"{what} must be a non-negative integer")
+    return value
+
+
+def submit_request(leaves: list[bytes]) -> bytes:
+    """The framed `["submit", [leaf, ...]]` request (what `protocol.Submit` encodes to)."""
+    return frame(["submit", leaves])
+
+
+def decode_reply(data: bytes) -> Any:
+    """The payload of an ok reply; RemoteProtocolError carrying the node's message otherwise."""
+    msg = unpack(data)
+    if msg[0] == "ok" and len(msg) == 2:
+        return msg[1]
+    if msg[0] == "error" and len(msg) == 2 and isinstance(msg[1], str):
+        raise RemoteProtocolError(f"node refused the request: {msg[1]}")
+    raise DecodeError("malformed control reply")
+
+
+def indices_from_wire(v: Any, expected: int) -> list[int]:
+    if not isinstance(v, list) or len(v) != expected:
+        raise DecodeError("malformed submit reply")
+    return [check_int(x, "index") for x in v]
