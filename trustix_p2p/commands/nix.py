@@ -32,6 +32,7 @@ def register(subparsers: Any) -> None:
         description=NIX_HOOK_DESCRIPTION,
     )
     add_node_options(p)
+    add_wrapper_option(p)
     p.set_defaults(func=cmd_nix_hook)
 
     p = subparsers.add_parser(
@@ -68,6 +69,16 @@ def add_node_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_wrapper_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--write-wrapper",
+        metavar="FILE",
+        default=None,
+        help="instead of running, write FILE: a post-build-hook program with this Python, "
+        "--config and --timeout built in, that starts faster (see docs/nix-builder.md)",
+    )
+
+
 def cmd_nar_hash(args: argparse.Namespace) -> int:
     from trustix_p2p.nix.nardump import hash_path
 
@@ -77,11 +88,18 @@ def cmd_nar_hash(args: argparse.Namespace) -> int:
 
 
 def cmd_nix_hook(args: argparse.Namespace) -> int:
-    from trustix_p2p.configfile import default_config_file
-    from trustix_p2p.nix.hook import DEFAULT_TIMEOUT, run_hook
+    from trustix_p2p import configfile
+    from trustix_p2p.nix.hook import DEFAULT_TIMEOUT, run_configured_hook
 
+    config_file = args.config or configfile.default_config_file()
     timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
-    run_hook(args.config or default_config_file(), timeout)
+    if args.write_wrapper is not None:
+        from trustix_p2p.nix.wrapper import write_wrapper
+
+        write_wrapper(args.write_wrapper, config_file, timeout)
+        print(f"wrote {args.write_wrapper}; in nix.conf: post-build-hook = {args.write_wrapper}")
+        return 0
+    run_configured_hook(config_file, timeout)
     return 0
 
 

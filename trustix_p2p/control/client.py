@@ -11,16 +11,23 @@ nor pathlib: it goes through the attrs-free `framing`, and the attrs message cla
 
 from __future__ import annotations
 
+# The C socket type itself rather than the `socket` module, whose import (building its
+# IntEnums, loading `selectors`) costs the hook milliseconds on every build; a blocking
+# AF_UNIX client needs nothing that `socket.socket` adds to it.
+import _socket
 import os
-import socket
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 from trustix_p2p.control import framing
 from trustix_p2p.errors import NodeUnavailableError, RemoteProtocolError
 
+# Not `from typing import TYPE_CHECKING`: importing typing adds milliseconds to the start of
+# the post-build hook, on every build.  Type checkers treat this name as true all the same.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
     from trustix_p2p.control import protocol
 
 
@@ -31,7 +38,7 @@ class ControlClient:
         self.socket_path = socket_path
         self.timeout = timeout
         self._deadline = time.monotonic() + timeout
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
             sock.connect(os.fspath(socket_path))

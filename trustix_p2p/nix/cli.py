@@ -5,53 +5,74 @@
   subcommand word.
 * `python -m trustix_p2p.nix COMMAND` (`main`): `nar-hash`, `nix-hook` and `submit`.
 
-Both behave exactly like `trustix-p2p` (one line on stderr and exit status 2 for a
-`TrustixError`) but load only `trustix_p2p.commands.nix`: Nix starts the hook on every build,
-and every module it imports is start-up time added to every build.
+Both behave exactly like `trustix-p2p` (`exit_status`: one line on stderr and exit status 2
+for a `TrustixError`) but load only what their command needs: Nix starts the hook on every
+build, and every module it imports is start-up time added to every build.  That is also why
+argparse is imported only when there are arguments to parse: Nix runs the hook without any.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-from typing import TYPE_CHECKING
 
-from trustix_p2p.commands import nix as nix_commands
 from trustix_p2p.errors import TrustixError
 
+# Not `from typing import TYPE_CHECKING`: importing typing adds milliseconds to the start of
+# the post-build hook, on every build.  Type checkers treat this name as true all the same.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
-__all__ = ["hook_main", "main"]
+__all__ = ["exit_status", "hook_main", "main"]
 
 
-def _run(args: argparse.Namespace) -> int:
+def exit_status(command: Callable[[], int]) -> int:
+    """Run a command body; its status, or 2 with one line on stderr for a `TrustixError`."""
     try:
-        result: int = args.func(args)
+        return command()
     except TrustixError as exc:
         print(f"trustix-p2p: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    return result
 
 
 def hook_main(argv: Sequence[str] | None = None) -> int:
     """`trustix-p2p-nix-hook`: the post-build hook."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args:
+        from trustix_p2p.nix.hook import run_configured_hook
+
+        def hook() -> int:
+            run_configured_hook(None)
+            return 0
+
+        return exit_status(hook)
+
+    import argparse
+
+    from trustix_p2p.commands import nix as nix_commands
+
     parser = argparse.ArgumentParser(
         prog="trustix-p2p-nix-hook", description=nix_commands.NIX_HOOK_DESCRIPTION
     )
     nix_commands.add_node_options(parser)
-    parser.set_defaults(func=nix_commands.cmd_nix_hook)
-    return _run(parser.parse_args(argv))
+    nix_commands.add_wrapper_option(parser)
+    parsed = parser.parse_args(args)
+    return exit_status(lambda: nix_commands.cmd_nix_hook(parsed))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m trustix_p2p.nix`: the Nix commands of `trustix-p2p`."""
+    import argparse
+
+    from trustix_p2p.commands import nix as nix_commands
+
     parser = argparse.ArgumentParser(
         prog="python -m trustix_p2p.nix",
         description="trustix-p2p's Nix builder commands (nar-hash, nix-hook, submit).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     nix_commands.register(sub)
-    return _run(parser.parse_args(argv))
+    parsed = parser.parse_args(argv)
+    return exit_status(lambda: int(parsed.func(parsed)))

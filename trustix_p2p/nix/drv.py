@@ -21,9 +21,9 @@ nothing here runs Nix.  It never guesses: anything that is not exactly the gramm
 
 from __future__ import annotations
 
+import collections
 import os
 import re
-from typing import NamedTuple
 
 from trustix_p2p.errors import DecodeError, NixStoreError
 
@@ -32,23 +32,46 @@ __all__ = ["Derivation", "DerivationOutput", "parse_derivation", "read_derivatio
 MAX_DRV_BYTES = 64 * 1024 * 1024
 
 
-# NamedTuples rather than attrs classes: the post-build hook parses a .drv on every build,
-# and attrs costs more start-up time than everything else the hook does.
-class DerivationOutput(NamedTuple):
-    name: str
-    path: str  # "" for a floating content-addressed output
-    hash_algo: str
-    hash: str
+# Values are NamedTuples, declared with `typing.NamedTuple` for type checkers but built with
+# `collections.namedtuple` at run time: the post-build hook uses them on every build, and
+# importing `typing` (like attrs) would add milliseconds to every build's start.  Type
+# checkers treat `TYPE_CHECKING` as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NamedTuple
+
+    class _OutputFields(NamedTuple):
+        name: str
+        path: str
+        hash_algo: str
+        hash: str
+
+    class _DerivationFields(NamedTuple):
+        outputs: tuple[DerivationOutput, ...]
+        input_drvs: tuple[tuple[str, tuple[str, ...]], ...]
+        input_srcs: tuple[str, ...]
+        system: str
+        builder: str
+        args: tuple[str, ...]
+        env: tuple[tuple[str, str], ...]
+
+else:
+    _OutputFields = collections.namedtuple("_OutputFields", "name path hash_algo hash")
+    _DerivationFields = collections.namedtuple(
+        "_DerivationFields", "outputs input_drvs input_srcs system builder args env"
+    )
 
 
-class Derivation(NamedTuple):
-    outputs: tuple[DerivationOutput, ...]
-    input_drvs: tuple[tuple[str, tuple[str, ...]], ...]
-    input_srcs: tuple[str, ...]
-    system: str
-    builder: str
-    args: tuple[str, ...]
-    env: tuple[tuple[str, str], ...]
+class DerivationOutput(_OutputFields):
+    """One output of a derivation; `path` is "" for a floating content-addressed output."""
+
+    __slots__ = ()
+
+
+class Derivation(_DerivationFields):
+    """A parsed `.drv`: every field of the ATerm, in order."""
+
+    __slots__ = ()
 
     def output_paths(self) -> dict[str, str]:
         """Output name to store path, for the outputs whose path is fixed in the .drv."""

@@ -21,30 +21,60 @@ Hand-over rules, in this order, because a build must never fail or be lost on ou
 
 Time is a parameter (`built_at`), so tests replay exactly.  The hook runs once per build and
 its start-up time is overhead on every build, so this module and everything it imports on the
-way to a logged build stay free of attrs, pathlib, trio and nacl: values are NamedTuples and
-leaves are encoded from plain fields (`trustix_p2p.core.leaf`), through the same validation as
-`encode_entry`.  The `Entry`-based hand-over for `submit` is `trustix_p2p.nix.submit`.
+way to a logged build stay free of attrs, typing, pathlib, trio and nacl: values are
+NamedTuples and leaves are encoded from plain fields (`trustix_p2p.core.leaf`), through the
+same validation as `encode_entry`.  The `Entry`-based hand-over for `submit` is
+`trustix_p2p.nix.submit`.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, NamedTuple, TextIO
 
-from trustix_p2p import configfile
 from trustix_p2p.control.client import submit_leaves
 from trustix_p2p.core.leaf import encode_leaf
 from trustix_p2p.core.storepath_syntax import is_valid_store_path, why_invalid
 from trustix_p2p.errors import ConfigError, NixStoreError, NodeUnavailableError
 from trustix_p2p.nix.drv import read_derivation
 from trustix_p2p.nix.nardump import nar_digest
-from trustix_p2p.nix.store import NixStore, PathInfo, open_nix_store
+from trustix_p2p.nix.store import open_nix_store
 
+# Values are NamedTuples, declared with `typing.NamedTuple` for type checkers but built with
+# `collections.namedtuple` at run time: importing `typing` (like attrs) would add milliseconds
+# to every build's start.  Type checkers treat `TYPE_CHECKING` as true.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
     from pathlib import Path
+    from typing import NamedTuple, TextIO
+
+    from trustix_p2p.nix.store import NixStore, PathInfo
+
+    class _HandOverFields(NamedTuple):
+        indices: tuple[int, ...] | None
+        spool_file: Path | None
+        reason: str = ""
+
+    class _EntryFieldsFields(NamedTuple):
+        out_path: str
+        nar_hash: bytes
+        nar_size: int
+        references: tuple[str, ...]
+        deriver: str
+        output_name: str
+        built_at: int
+
+else:
+    _HandOverFields = collections.namedtuple(
+        "_HandOverFields", "indices spool_file reason", defaults=("",)
+    )
+    _EntryFieldsFields = collections.namedtuple(
+        "_EntryFieldsFields",
+        "out_path nar_hash nar_size references deriver output_name built_at",
+    )
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -54,6 +84,7 @@ __all__ = [
     "hook_leaves",
     "hook_outputs",
     "output_fields",
+    "run_configured_hook",
     "run_hook",
 ]
 
@@ -62,24 +93,19 @@ __all__ = [
 DEFAULT_TIMEOUT = 5.0
 
 
-class HandOver(NamedTuple):
-    """What happened to a batch of leaves: logged at `indices`, or spooled to `spool_file`."""
+class HandOver(_HandOverFields):
+    """What happened to a batch of leaves: logged at `indices`, or spooled to `spool_file`.
 
-    indices: tuple[int, ...] | None
-    spool_file: Path | None
-    reason: str = ""  # why the node was not used, when spooled
+    `reason` says why the node was not used, when spooled.
+    """
+
+    __slots__ = ()
 
 
-class EntryFields(NamedTuple):
+class EntryFields(_EntryFieldsFields):
     """The fields of one entry v1, in `Entry`'s order (`Entry(*fields)` builds one)."""
 
-    out_path: str
-    nar_hash: bytes
-    nar_size: int
-    references: tuple[str, ...]
-    deriver: str
-    output_name: str
-    built_at: int
+    __slots__ = ()
 
 
 def hook_outputs(env: Mapping[str, str], store: NixStore) -> tuple[str, list[tuple[str, str]]]:
@@ -181,25 +207,23 @@ def hand_over(
 
 
 def run_hook(
-    config_file: str | os.PathLike[str],
+    socket_path: str | os.PathLike[str],
+    spool_dir: str | os.PathLike[str],
     timeout: float = DEFAULT_TIMEOUT,
     env: Mapping[str, str] = os.environ,
     log: TextIO = sys.stderr,
 ) -> HandOver:
-    """Everything `nix-hook` does: log (or spool) the outputs of `env["DRV_PATH"]`.
+    """Everything `nix-hook` does once the node's config is known.
 
-    Writes one line about what happened to `log` (Nix shows it in the build log).  Raises a
-    `TrustixError` only for a misconfiguration (see the module docstring).
+    Logs (or spools) the outputs of `env["DRV_PATH"]` and writes one line about what happened
+    to `log` (Nix shows it in the build log).  Raises a `TrustixError` only for a
+    misconfiguration (see the module docstring).
     """
-    # Read the config before any hashing: a misconfigured hook should say so at once.
-    options = configfile.read_config(config_file)
     store = open_nix_store()
     drv_path, outputs = hook_outputs(env, store)
     infos = store.path_infos([path for _, path in outputs])
     leaves = hook_leaves(outputs, infos, int(time.time()), drv_path, store.store_dir)
-    result = hand_over(
-        leaves, configfile.socket_path(options), configfile.spool_path(options), timeout
-    )
+    result = hand_over(leaves, socket_path, spool_dir, timeout)
     names = ", ".join(name for name, _ in outputs)
     if result.spool_file is not None:
         print(
@@ -214,3 +238,16 @@ def run_hook(
             file=log,
         )
     return result
+
+
+def run_configured_hook(
+    config_file: str | os.PathLike[str] | None, timeout: float = DEFAULT_TIMEOUT
+) -> HandOver:
+    """`run_hook` for the node configured in `config_file` (None: the default config file).
+
+    The config is read first, before any hashing: a misconfigured hook says so at once.
+    """
+    from trustix_p2p import configfile  # not needed by a wrapper with the settings built in
+
+    options = configfile.read_config(config_file or configfile.default_config_file())
+    return run_hook(configfile.socket_path(options), configfile.spool_path(options), timeout)

@@ -19,10 +19,9 @@ its database, and never trusts the NAR hash Nix registered as a substitute for h
 
 from __future__ import annotations
 
+import collections
 import os
 import sqlite3
-from collections.abc import Sequence
-from typing import NamedTuple, Protocol
 
 from trustix_p2p.core.storepath_syntax import (
     DEFAULT_STORE_DIR,
@@ -33,7 +32,6 @@ from trustix_p2p.errors import NixStoreError
 
 __all__ = [
     "CliNixStore",
-    "NixStore",
     "PathInfo",
     "SqliteNixStore",
     "nix_store_dir",
@@ -44,28 +42,48 @@ _SCHEMA_VERSION = "10"  # Nix's local store schema since Nix 2.0
 _DEFAULT_STATE_DIR = "/nix/var/nix"
 
 
-# A NamedTuple and plain classes rather than attrs: the post-build hook queries the store on
-# every build, and attrs costs more start-up time than everything else the hook does.
-class PathInfo(NamedTuple):
-    """What the Nix store registered for one valid path."""
+# A NamedTuple and plain classes rather than attrs, and no `typing` at run time: the
+# post-build hook queries the store on every build, and those imports would add milliseconds
+# to every build's start.  `PathInfo` is declared with `typing.NamedTuple` for type checkers
+# (which treat `TYPE_CHECKING` as true) and built with `collections.namedtuple` at run time;
+# `NixStore` is a protocol only type checkers need.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import NamedTuple, Protocol
 
-    path: str
-    deriver: str  # full .drv path, "" when Nix does not know it
-    references: tuple[str, ...]  # sorted, unique base names
-    nar_hash: bytes  # as registered by Nix; for cross-checks only
-    nar_size: int
+    class _PathInfoFields(NamedTuple):
+        path: str
+        deriver: str  # full .drv path, "" when Nix does not know it
+        references: tuple[str, ...]  # sorted, unique base names
+        nar_hash: bytes  # as registered by Nix; for cross-checks only
+        nar_size: int
+
+    class NixStore(Protocol):
+        store_dir: str
+
+        def path_infos(self, paths: Sequence[str]) -> list[PathInfo]:
+            """Registration info for each path, in order; `NixStoreError` if one is invalid."""
+            ...
+
+        def derivation_outputs(self, drv_path: str) -> dict[str, str]:
+            """Output name to store path for a derivation's known outputs."""
+            ...
+
+else:
+    _PathInfoFields = collections.namedtuple(
+        "_PathInfoFields", "path deriver references nar_hash nar_size"
+    )
 
 
-class NixStore(Protocol):
-    store_dir: str
+class PathInfo(_PathInfoFields):
+    """What the Nix store registered for one valid path.
 
-    def path_infos(self, paths: Sequence[str]) -> list[PathInfo]:
-        """Registration info for each path, in order; `NixStoreError` if one is not valid."""
-        ...
+    `deriver` is the full .drv path ("" when Nix does not know it), `references` the sorted,
+    unique base names, and `nar_hash` the hash Nix registered, for cross-checks only.
+    """
 
-    def derivation_outputs(self, drv_path: str) -> dict[str, str]:
-        """Output name to store path for a derivation's known outputs."""
-        ...
+    __slots__ = ()
 
 
 def nix_store_dir() -> str:

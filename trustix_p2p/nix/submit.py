@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -23,7 +24,10 @@ from trustix_p2p.core.storepath_syntax import is_valid_store_path, why_invalid
 from trustix_p2p.errors import ConfigError, DecodeError, NixStoreError, NodeUnavailableError
 from trustix_p2p.nix.drv import read_derivation
 from trustix_p2p.nix.hook import HandOver, hand_over, output_fields
-from trustix_p2p.nix.store import NixStore, PathInfo
+from trustix_p2p.nix.store import PathInfo
+
+if TYPE_CHECKING:
+    from trustix_p2p.nix.store import NixStore
 
 __all__ = ["build_entries", "encode_all", "entries_for_paths", "submit_once"]
 
