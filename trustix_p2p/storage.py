@@ -63,6 +63,15 @@ _SCHEMA_VERSION = b"1"
 _CACHED_LEVEL = 4
 _NODE_CACHE_MAX = 1 << 18
 _HS = merkle.HASH_SIZE
+# Hashes and leaves do not compress, and the out-path index is written in random key order:
+# bigger memtables and files mean fewer, larger compactions.
+DB_OPTIONS: dict[str, Any] = {
+    "bloom_filter_bits": 10,  # cheap misses for the deduplication index
+    "write_buffer_size": 64 << 20,
+    "max_file_size": 32 << 20,
+    "lru_cache_size": 64 << 20,
+    "compression": None,
+}
 
 
 def _completed_levels(index: int) -> int:
@@ -103,9 +112,7 @@ class Store:
             self.db: Any = plyvel.DB(
                 str(self.path),
                 create_if_missing=create,
-                bloom_filter_bits=10,  # cheap misses for the deduplication index
-                write_buffer_size=32 << 20,
-                lru_cache_size=64 << 20,
+                **DB_OPTIONS,
             )
         except plyvel.IOError as exc:
             hint = " (is a node still running on it?)" if "lock" in str(exc).lower() else ""
