@@ -37,7 +37,7 @@ from trustix_p2p.core.checkpoint import (
     sign_checkpoint,
 )
 from trustix_p2p.core.keys import PrivateKey
-from trustix_p2p.storage import LeafRecord, Store
+from trustix_p2p.storage import DB_OPTIONS, LeafRecord, Store
 
 BATCH = 10_000
 _U64 = struct.Struct(">Q")
@@ -68,13 +68,7 @@ def bench_floor(records: list[LeafRecord], path: Path) -> float:
     options and one sync=True batch per 10,000 entries; no deduplication lookups, no
     signing, no checks, no rollback.
     """
-    db = plyvel.DB(
-        str(path),
-        create_if_missing=True,
-        bloom_filter_bits=10,
-        write_buffer_size=32 << 20,
-        lru_cache_size=64 << 20,
-    )
+    db = plyvel.DB(str(path), create_if_missing=True, **DB_OPTIONS)
     sha = hashlib.sha256
     stack: list[bytes] = []
     start = time.perf_counter()
