@@ -20,10 +20,13 @@ import pytest
 from trustix_p2p.core import nix32
 from trustix_p2p.core.entry import decode_entry
 from trustix_p2p.errors import ConfigError, LocalProtocolError, NixStoreError
+from trustix_p2p.nix import hook as hook_module
+from trustix_p2p.nix import wrapper
 from trustix_p2p.nix.hook import hand_over, hook_leaves, hook_outputs
 from trustix_p2p.nix.nardump import hash_path
 from trustix_p2p.nix.store import PathInfo
 from trustix_p2p.nix.submit import build_entries, encode_all, entries_for_paths, submit_once
+from trustix_p2p.nix.wrapper import config_stamp, write_wrapper
 from trustix_p2p.spool import pending_spool_files, read_spool
 
 BUILT_AT = 1_700_000_000
@@ -265,3 +268,102 @@ def test_nar_hash_command_prints_hash_and_size(tmp_path: Path, entry_point: str)
     assert proc.returncode == 0, proc.stderr
     # tests/vectors/nar.json "file-only": the same contents, hashed by Nix 2.8.
     assert proc.stdout == "sha256:04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw 120\n"
+
+
+# --- The hook's own program and the generated wrapper ----------------------------------------
+
+
+def run_hook_program(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    code = "import sys; from trustix_p2p.nix.cli import hook_main; sys.exit(hook_main())"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, check=False
+    )
+
+
+def hookless_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DRV_PATH", "OUT_PATHS")}
+    return {**env, **extra}
+
+
+def test_hook_program_without_arguments_uses_the_default_config(tmp_path: Path) -> None:
+    missing = hookless_env(TRUSTIX_P2P_CONFIG=str(tmp_path / "missing.toml"))
+    proc = run_hook_program(env=missing)
+    assert (proc.returncode, proc.stderr.count("\n")) == (2, 1)
+    assert "missing.toml" in proc.stderr
+    config = tmp_path / "node.toml"
+    config.write_text(f'state_dir = "{tmp_path / "state"}"\n')
+    proc = run_hook_program(env=hookless_env(TRUSTIX_P2P_CONFIG=str(config)))
+    assert (proc.returncode, proc.stderr.count("\n")) == (2, 1)
+    assert "DRV_PATH" in proc.stderr
+
+
+def test_hook_program_takes_the_nix_hook_options(tmp_path: Path) -> None:
+    proc = run_hook_program("--config", str(tmp_path / "other.toml"), env=hookless_env())
+    assert (proc.returncode, proc.stderr.count("\n")) == (2, 1)
+    assert "other.toml" in proc.stderr
+    proc = run_hook_program("--bogus", env=hookless_env())
+    assert proc.returncode == 2
+    assert "usage: trustix-p2p-nix-hook" in proc.stderr
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "node.toml"
+    path.write_text('state_dir = "state"\n')
+    return path
+
+
+def test_the_written_wrapper_is_an_isolated_program_with_the_config_built_in(
+    tmp_path: Path, config: Path
+) -> None:
+    hook = tmp_path / "post-build-hook"
+    write_wrapper(hook, str(config), 2.5)
+    text = hook.read_text()
+    assert text.startswith(f"#!{sys.executable} -IS\n")
+    assert os.stat(hook).st_mode & 0o777 == 0o755
+    assert repr(str(tmp_path / "state" / "control.sock")) in text
+    assert repr(str(tmp_path / "state" / "spool")) in text
+    # Run as Nix runs it, with an environment that must not change which code runs (-I).
+    env = hookless_env(PYTHONPATH=str(tmp_path / "nowhere"), PYTHONSTARTUP="/dev/null/x")
+    proc = subprocess.run([hook], capture_output=True, text=True, env=env, check=False)
+    assert (proc.returncode, proc.stderr.count("\n")) == (2, 1), proc.stderr
+    assert "DRV_PATH is not set" in proc.stderr
+
+
+def test_the_wrapper_uses_its_built_in_settings_until_the_config_changes(
+    tmp_path: Path,
+    config: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    calls: list[tuple[str, str, float]] = []
+    monkeypatch.setattr(
+        hook_module,
+        "run_hook",
+        lambda socket_path, spool_dir, timeout: calls.append((socket_path, spool_dir, timeout)),
+    )
+    stamp = config_stamp(str(config))
+    assert stamp is not None
+    assert wrapper.run(str(config), stamp, "/built/in.sock", "/built/in-spool", 1.5) == 0
+    assert calls == [("/built/in.sock", "/built/in-spool", 1.5)]
+    assert capsys.readouterr().err == ""
+
+    config.write_text('state_dir = "state"\nspool_dir = "elsewhere"\n')
+    assert wrapper.run(str(config), stamp, "/built/in.sock", "/built/in-spool", 1.5) == 0
+    assert calls[1] == (str(tmp_path / "state" / "control.sock"), str(tmp_path / "elsewhere"), 1.5)
+    assert "changed since this hook was written" in capsys.readouterr().err
+
+    config.write_text('state_dir = "state"\nbogus = 1\n')  # now broken: say so, exit 2
+    assert wrapper.run(str(config), stamp, "/built/in.sock", "/built/in-spool", 1.5) == 2
+    assert "unknown configuration option" in capsys.readouterr().err
+    assert len(calls) == 2
+
+
+def test_a_wrapper_is_never_written_for_a_bad_config(tmp_path: Path) -> None:
+    bad = tmp_path / "node.toml"
+    bad.write_text("state_dir = 3\n")
+    with pytest.raises(ConfigError, match="wrong type"):
+        write_wrapper(tmp_path / "hook", str(bad), 5.0)
+    with pytest.raises(ConfigError, match="cannot read"):
+        write_wrapper(tmp_path / "hook", str(tmp_path / "absent.toml"), 5.0)
+    assert not (tmp_path / "hook").exists()

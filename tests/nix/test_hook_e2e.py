@@ -1,8 +1,9 @@
 """End to end with real Nix: builds run the post-build hook, the node logs what Nix built.
 
 Each test runs a real `trustix-p2p node` process and real `nix-build`s whose `post-build-hook`
-is a wrapper script that sets TRUSTIX_P2P_CONFIG and execs `trustix-p2p nix-hook`, exactly as
-docs/nix-builder.md tells an operator to.  The log is then read back with `trustix-p2p log
+is one of the two an operator may install per docs/nix-builder.md: a shell script that sets
+TRUSTIX_P2P_CONFIG and execs `trustix-p2p nix-hook`, or the program that
+`trustix-p2p nix-hook --write-wrapper` generates.  The log is then read back with `trustix-p2p log
 entries` and compared, output by output, with `nix path-info --json`.
 
 The tests share the machine's real /nix/store (setup: tests/nix/setup-nix.sh).  Every
@@ -148,8 +149,13 @@ class Builder:
         return sorted(outputs)
 
 
-@pytest.fixture
-def builder(tmp_path: Path) -> Iterator[Builder]:
+# The two post-build hooks docs/nix-builder.md offers an operator: a shell script that runs
+# `trustix-p2p nix-hook`, and the program `trustix-p2p nix-hook --write-wrapper` generates.
+HOOKS = ["shell script", "generated wrapper"]
+
+
+@pytest.fixture(params=HOOKS)
+def builder(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Builder]:
     require_nix()
     root = tmp_path / "builder"
     root.mkdir()
@@ -162,14 +168,14 @@ def builder(tmp_path: Path) -> Iterator[Builder]:
         "spool_poll_interval = 0.1\n"
     )
     hook = root / "post-build-hook"
-    command = " ".join(f"'{part}'" for part in trustix_command())
-    hook.write_text(
-        "#!/bin/sh\n"
-        "# The wrapper an operator puts in nix.conf as post-build-hook (docs/nix-builder.md).\n"
-        f"export TRUSTIX_P2P_CONFIG='{config}'\n"
-        f"exec {command} nix-hook\n"
-    )
-    hook.chmod(0o755)
+    if request.param == "generated wrapper":
+        run_trustix("nix-hook", "--config", config, "--write-wrapper", hook)
+    else:
+        command = " ".join(f"'{part}'" for part in trustix_command())
+        hook.write_text(
+            f"#!/bin/sh\nexport TRUSTIX_P2P_CONFIG='{config}'\nexec {command} nix-hook\n"
+        )
+        hook.chmod(0o755)
     b = Builder(root, config, hook)
     try:
         yield b
@@ -270,6 +276,7 @@ def test_with_the_node_down_builds_succeed_and_spooled_entries_are_logged_once(
     assert_logged_exactly_once(entries, built + later)
 
 
+@pytest.mark.parametrize("builder", HOOKS[:1], indirect=True)  # submit uses no hook
 def test_submit_hands_over_a_store_path_idempotently(builder: Builder) -> None:
     nonce = uuid.uuid4().hex
     paths = subprocess.run(
