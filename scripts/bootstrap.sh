@@ -26,4 +26,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
+# Byte-compile now: with PYTHONDONTWRITEBYTECODE set (as on these machines) nothing is ever
+# cached at run time, and the post-build hook would recompile the editable package on every
+# build.  pip already compiles what it installs; this also covers anything it missed.
+.venv/bin/python -m compileall -q trustix_p2p
+.venv/bin/python -m compileall -q .venv/lib/python*/site-packages >/dev/null
 .venv/bin/python -c 'import trustix_p2p, plyvel, nacl, trio, zeroconf' 
