@@ -180,6 +180,79 @@ def verify_inclusion(
         raise VerificationError("proof does not verify")
 
 
+class TreeVerifier:
+    """Verifies many inclusion proofs against one tree head, sharing the work between them.
+
+    A light client checks many leaves against the same checkpoint.  Every node a proof
+    reconstructs on its way to the root is, once that proof verified, known to belong to the
+    tree (size, root); a later proof that reconstructs the same node with the same hash can
+    stop there, and one that reconstructs it with another hash is rejected.  This relies on
+    SHA-256's collision resistance exactly as single proofs do.  Node positions are the ones
+    of RFC 9162's tree: (level, index >> level) for the ancestors of leaf `index`.  Memory is
+    bounded by `max_nodes`; past it, proofs are still verified in full.
+
+    It answers whether a leaf is in the tree: a damaged proof for a leaf already shown to be
+    in it may be accepted, since its statement is true; a false statement never is.
+    """
+
+    __slots__ = ("_known", "max_nodes", "root", "size")
+
+    def __init__(self, size: int, root: bytes, *, max_nodes: int = 1 << 16) -> None:
+        if size <= 0 or len(root) != HASH_SIZE:
+            raise LocalProtocolError("a tree verifier needs a non-empty tree and a 32-byte root")
+        self.size = size
+        self.root = root
+        self.max_nodes = max_nodes
+        self._known: dict[int, bytes] = {}
+
+    def verify_inclusion(self, index: int, leaf_hash_: bytes, proof: Sequence[bytes]) -> None:
+        """Like `verify_inclusion(index, size, leaf_hash_, proof, root)`; VerificationError."""
+        size = self.size
+        if not 0 <= index < size or len(leaf_hash_) != HASH_SIZE:
+            raise VerificationError("proof does not verify")
+        inner = (index ^ (size - 1)).bit_length()
+        if len(proof) != inner + (index >> inner).bit_count():
+            raise VerificationError("proof does not verify")
+        if proof and set(map(len, proof)) != {HASH_SIZE}:
+            raise VerificationError("proof does not verify")
+        known = self._known
+        sha = _sha256
+        r = leaf_hash_
+        seen: list[tuple[int, bytes]] = []
+        level = 0
+        pos = 0
+        while True:
+            key = (level << 58) | (index >> level)
+            stored = known.get(key)
+            if stored is not None:
+                if stored != r:
+                    raise VerificationError("proof does not verify")
+                break
+            seen.append((key, r))
+            if pos == len(proof):
+                if r != self.root:
+                    raise VerificationError("proof does not verify")
+                break
+            p = proof[pos]
+            pos += 1
+            if level < inner:
+                r = (
+                    sha(b"\x01" + p + r).digest()
+                    if (index >> level) & 1
+                    else sha(b"\x01" + r + p).digest()
+                )
+                level += 1
+            else:
+                # On the right border a node without a right sibling is its own parent: the
+                # next hash happens at the next set bit of the index.
+                while not (index >> level) & 1:
+                    level += 1
+                r = sha(b"\x01" + p + r).digest()
+                level += 1
+        if len(known) + len(seen) <= self.max_nodes:
+            known.update(seen)
+
+
 def consistency_roots(old_size: int, new_size: int, path: Sequence[bytes]) -> tuple[bytes, bytes]:
     """RFC 9162 §2.1.4.2 steps 3-7: the (old root, new root) a consistency path implies.
 
