@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 
-from trustix_p2p.core.b64 import b64decode_strict
 from trustix_p2p.errors import DecodeError, LocalProtocolError
 
 __all__ = [
@@ -70,7 +69,9 @@ def decode(text: str) -> bytes:
     return value.to_bytes(size, "little")
 
 
-_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+# Compiled on first use (re caches it), like `b64` imported on first use: the Nix post-build
+# hook imports this module for `ALPHABET` on every build and never parses a NAR hash.
+_HEX64 = r"[0-9a-fA-F]{64}"
 
 
 def parse_nar_hash(text: str) -> bytes:
@@ -80,6 +81,8 @@ def parse_nar_hash(text: str) -> bytes:
     `sha256:<44 base64>` and SRI `sha256-<44 base64>` (`nix path-info --json` in newer Nix).
     The algorithm must be sha256: it is the only one a NAR hash in an entry can hold.
     """
+    from trustix_p2p.core.b64 import b64decode_strict
+
     if text.startswith("sha256-"):
         raw = b64decode_strict(text[len("sha256-") :], "NAR hash (SRI base64)")
     elif text.startswith("sha256:"):
@@ -87,7 +90,7 @@ def parse_nar_hash(text: str) -> bytes:
         if len(body) == SHA256_NIX32_LEN:
             raw = decode(body)
         elif len(body) == 64:
-            if not _HEX64.fullmatch(body):
+            if not re.fullmatch(_HEX64, body):
                 raise DecodeError("NAR hash: invalid hexadecimal digits")
             raw = bytes.fromhex(body)
         elif len(body) == 44:
