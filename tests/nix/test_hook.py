@@ -366,4 +366,8 @@ def test_a_wrapper_is_never_written_for_a_bad_config(tmp_path: Path) -> None:
         write_wrapper(tmp_path / "hook", str(bad), 5.0)
     with pytest.raises(ConfigError, match="cannot read"):
         write_wrapper(tmp_path / "hook", str(tmp_path / "absent.toml"), 5.0)
-    assert not (tmp_path / "hook").exists()
+    good = tmp_path / "good.toml"
+    good.write_text('state_dir = "state"\n')
+    with pytest.raises(ConfigError, match="naming"):
+        write_wrapper(tmp_path / "hook\nimport os", str(good), 5.0)
+    assert set(os.listdir(tmp_path)) == {"node.toml", "good.toml"}  # nothing was written

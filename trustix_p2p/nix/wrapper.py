@@ -116,6 +116,10 @@ def wrapper_text(path: str, config_file: str, timeout: float) -> str:
         # A "#!" line cannot quote, and kernels cut it at 127 (older) or 255 bytes.
         raise ConfigError(f"cannot name this Python ({python!r}) on a '#!' line")
     config_file = os.path.abspath(config_file)
+    for name in (path, config_file):
+        if any(c in name for c in "\n\r\0"):
+            # Both appear in the program's comments, where a line break would end the comment.
+            raise ConfigError(f"cannot write a hook program naming {name!r}")
     stamp = config_stamp(config_file)
     options = configfile.read_config(config_file)  # the ConfigError a user must see now
     if stamp is None:
