@@ -26,7 +26,7 @@ entry points are measured per install:
 
 The development venv (editable install) is measured too, for reference.
 
-    env -u PYTHONDONTWRITEBYTECODE .venv/bin/python benchmarks/bench_hook.py [--runs 11]
+    env -u PYTHONDONTWRITEBYTECODE .venv/bin/python benchmarks/bench_hook.py [--runs 15]
 
 Target (issue 3): overhead under 50 ms per build with the node up, under 100 ms with it down.
 """
@@ -223,7 +223,7 @@ def same_version(python: str) -> bool:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=11)
+    parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()
     if shutil.which("nix-build") is None:
         print("nix-build not found: install nix-bin (tests/nix/setup-nix.sh)", file=sys.stderr)
