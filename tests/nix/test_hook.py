@@ -274,7 +274,8 @@ def test_nar_hash_command_prints_hash_and_size(tmp_path: Path, entry_point: str)
 
 
 def run_hook_program(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    code = "import sys; from trustix_p2p.nix.cli import hook_main; sys.exit(hook_main())"
+    # What the `trustix-p2p-nix-hook` console script runs (it exits through `os._exit`).
+    code = "from trustix_p2p.nix.cli import hook_program; hook_program()"
     return subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, check=False
     )

@@ -1,8 +1,8 @@
 """The builder's commands as programs of their own, without the rest of the CLI.
 
-* `trustix-p2p-nix-hook [--config FILE] [--timeout S]` (`hook_main`): the post-build hook as
-  a program, for nix.conf's `post-build-hook`.  It is `trustix-p2p nix-hook` without the
-  subcommand word.
+* `trustix-p2p-nix-hook [--config FILE] [--timeout S]` (`hook_program`, `hook_main`): the
+  post-build hook as a program, for nix.conf's `post-build-hook`.  It is
+  `trustix-p2p nix-hook` without the subcommand word.
 * `python -m trustix_p2p.nix COMMAND` (`main`): `nar-hash`, `nix-hook` and `submit`.
 
 Both behave exactly like `trustix-p2p` (`exit_status`: one line on stderr and exit status 2
@@ -22,8 +22,9 @@ from trustix_p2p.errors import TrustixError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from typing import NoReturn
 
-__all__ = ["exit_status", "hook_main", "main"]
+__all__ = ["exit_status", "hook_main", "hook_program", "main"]
 
 
 def exit_status(command: Callable[[], int]) -> int:
@@ -60,6 +61,24 @@ def hook_main(argv: Sequence[str] | None = None) -> int:
     nix_commands.add_wrapper_option(parser)
     parsed = parser.parse_args(args)
     return exit_status(lambda: nix_commands.cmd_nix_hook(parsed))
+
+
+def hook_program() -> NoReturn:
+    """The `trustix-p2p-nix-hook` program: `hook_main`, started and ended as the wrapper does.
+
+    No cyclic garbage collection while the hook's modules load, and no interpreter teardown
+    after it (`trustix_p2p.nix.wrapper.exit_now`): this never returns.
+    """
+    import gc
+
+    from trustix_p2p.nix.wrapper import exit_now
+
+    gc.disable()
+    from trustix_p2p import configfile  # noqa: F401  (loaded now, with no collector running)
+    from trustix_p2p.nix import hook  # noqa: F401
+
+    gc.enable()
+    exit_now(hook_main())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
