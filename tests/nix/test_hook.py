@@ -6,11 +6,14 @@ absolute store directory), and a fake `NixStore` answers what Nix's database wou
 
 from __future__ import annotations
 
+import ast
+import inspect
 import os
 import socket
 import subprocess
 import sys
 import threading
+import types
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -20,7 +23,9 @@ import pytest
 from trustix_p2p.core import nix32
 from trustix_p2p.core.entry import decode_entry
 from trustix_p2p.errors import ConfigError, LocalProtocolError, NixStoreError
+from trustix_p2p.nix import drv as drv_module
 from trustix_p2p.nix import hook as hook_module
+from trustix_p2p.nix import store as store_module
 from trustix_p2p.nix import wrapper
 from trustix_p2p.nix.hook import hand_over, hook_leaves, hook_outputs
 from trustix_p2p.nix.nardump import hash_path
@@ -372,3 +377,28 @@ def test_a_wrapper_is_never_written_for_a_bad_config(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="naming"):
         write_wrapper(tmp_path / "hook\nimport os", str(good), 5.0)
     assert set(os.listdir(tmp_path)) == {"node.toml", "good.toml"}  # nothing was written
+
+
+# --- Values declared for type checkers and built at run time ------------------------------
+
+
+@pytest.mark.parametrize("module", [hook_module, store_module, drv_module])
+def test_the_declared_and_the_run_time_namedtuples_have_the_same_fields(
+    module: types.ModuleType,
+) -> None:
+    # Each lean module declares its NamedTuples twice (typing for type checkers,
+    # collections.namedtuple at run time); a field added to one only must not go unnoticed.
+    tree = ast.parse(inspect.getsource(module))
+    declared = {
+        node.name: tuple(
+            stmt.target.id
+            for stmt in node.body
+            if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+        )
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef)
+        and any(isinstance(base, ast.Name) and base.id == "NamedTuple" for base in node.bases)
+    }
+    assert declared
+    for name, fields in declared.items():
+        assert getattr(module, name)._fields == fields, name
