@@ -15,7 +15,8 @@ a rejected entry goes through the step-by-step checks that explain it
 (`explain_invalid_fields`), and the tests hold the two to agree.
 
 This module is pure: no I/O, no clock (`built_at` is always passed in), no randomness.  It must
-never import attrs or anything that does.
+never import attrs or anything that does, except on the way to explaining a rejected entry
+(`storepath` words the store-path errors).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ re-exports them next to the `StorePath` value and the checks that explain a reje
 
 It exists apart from `storepath` so the Nix post-build hook, which runs once per build and
 pays for every import, can validate paths without loading attrs.  It must stay pure (no I/O,
-no clock) and import nothing heavier than `re`.
+no clock) and import nothing heavier than `re`; only `why_invalid`, which words an error,
+loads `storepath`.
 """
 
 from __future__ import annotations
