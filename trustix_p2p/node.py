@@ -314,10 +314,11 @@ class Node:
                     await self.ingest_spool()
                     nursery.start_soon(self._checkpointer)
                     nursery.start_soon(self._spool_loop)
-                await nursery.start(self._control_server)
                 if self.key is not None and self.config.listen:
                     bound = await nursery.start(serve_noise, list(self.config.listen), self.key)
                     self.listening = tuple(bound)
+                # Last: once the control socket answers, everything it reports is running.
+                await nursery.start(self._control_server)
                 if install_signal_handlers:
                     nursery.start_soon(self._watch_signals, nursery.cancel_scope)
                 log.info(
