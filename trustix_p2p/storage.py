@@ -62,6 +62,7 @@ _SCHEMA_KEY = b"!schema"
 _SCHEMA_VERSION = b"1"
 _CACHED_LEVEL = 4
 _NODE_CACHE_MAX = 1 << 18
+_EDGE_CACHE_MAX = 1 << 12
 _HS = merkle.HASH_SIZE
 # Hashes and leaves do not compress, and the out-path index is written in random key order:
 # bigger memtables and files mean fewer, larger compactions.
@@ -108,6 +109,8 @@ class Store:
         self.path = Path(path)
         if not create and not self.path.is_dir():
             raise StoreError(f"no store at {self.path} (is this a node's state directory?)")
+        if create:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             self.db: Any = plyvel.DB(
                 str(self.path),
@@ -195,7 +198,8 @@ class LogStore:
     _prefix_p: bytes = attrs.field(init=False)
     # Complete subtrees never change, so the upper levels (few: n / 2**level of them) are
     # kept in memory; proofs then read only their lowest levels from LevelDB.
-    _node_cache: dict[tuple[int, int], bytes] = attrs.field(init=False, factory=dict)
+    _node_cache: dict[int, bytes] = attrs.field(init=False, factory=dict)
+    _edge_cache: merkle.EdgeCache = attrs.field(init=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
         self._prefix_e = b"E" + self.num
@@ -233,8 +237,9 @@ class LogStore:
 
     def node(self, level: int, index: int) -> bytes:
         """Hash of the perfect subtree (level, index); StoreCorruptError if missing or malformed."""
-        if level >= _CACHED_LEVEL:
-            cached = self._node_cache.get((level, index))
+        cacheable = level >= _CACHED_LEVEL
+        if cacheable:
+            cached = self._node_cache.get((level << 58) | index)
             if cached is not None:
                 return cached
         raw = self._record(((index + 1) << level) - 1)
@@ -243,10 +248,10 @@ class LogStore:
                 f"log {self.log_id.hex()}: node ({level}, {index}) is missing or damaged"
             )
         h = raw[level * _HS : (level + 1) * _HS]
-        if level >= _CACHED_LEVEL:
+        if cacheable:
             if len(self._node_cache) >= _NODE_CACHE_MAX:
                 self._node_cache.clear()
-            self._node_cache[(level, index)] = h
+            self._node_cache[(level << 58) | index] = h
         return h
 
     def leaf(self, index: int) -> bytes:
@@ -272,11 +277,16 @@ class LogStore:
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         self._check_size(size)
-        return merkle.inclusion_proof(index, size, self.node)
+        return merkle.inclusion_proof(index, size, self.node, self._edges())
 
     def consistency_proof(self, old: int, new: int) -> list[bytes]:
         self._check_size(new)
-        return merkle.consistency_proof(old, new, self.node)
+        return merkle.consistency_proof(old, new, self.node, self._edges())
+
+    def _edges(self) -> merkle.EdgeCache:
+        if len(self._edge_cache) >= _EDGE_CACHE_MAX:
+            self._edge_cache.clear()
+        return self._edge_cache
 
     def lookup(self, out_path: str) -> list[int]:
         """Positions of every leaf about `out_path`, in log order."""
@@ -308,7 +318,8 @@ class LogStore:
             yield note
 
     def _check_size(self, size: int) -> None:
-        if not 0 <= size <= self.size:
+        stored = self._frontier.size if self._frontier is not None else self.size
+        if not 0 <= size <= stored:
             raise LocalProtocolError(f"log {self.log_id.hex()} has no tree of size {size}")
 
     def frontier(self) -> merkle.MerkleFrontier:

@@ -79,12 +79,24 @@ def root_hash(size: int, get_node: NodeGetter) -> bytes:
     return _range_hash(0, size, get_node)
 
 
-def _path(index: int, level: int, size: int, get_node: NodeGetter, proof: list[bytes]) -> None:
+EdgeCache = dict[tuple[int, int], bytes]
+
+
+def _path(
+    index: int,
+    level: int,
+    size: int,
+    get_node: NodeGetter,
+    proof: list[bytes],
+    edge_cache: EdgeCache | None,
+) -> None:
     """Append the siblings on the way from node (level, index) to the root of a tree of `size`.
 
     At each height the sibling either lies wholly inside the tree (a stored perfect subtree),
     or is the tree's incomplete right edge (hashed from its perfect parts), or does not exist
     because the node is itself on the right edge (the RFC recursion then adds nothing).
+    The incomplete right-edge subtree [start, size) never changes once the tree has `size`
+    leaves, so a caller serving many proofs may keep those hashes in `edge_cache`.
     """
     top = (size - 1).bit_length()
     node = index
@@ -95,12 +107,19 @@ def _path(index: int, level: int, size: int, get_node: NodeGetter, proof: list[b
             end = start + (1 << lvl)
             if end <= size:
                 proof.append(get_node(lvl, sibling))
-            else:
+            elif edge_cache is None:
                 proof.append(_range_hash(start, size, get_node))
+            else:
+                h = edge_cache.get((start, size))
+                if h is None:
+                    h = edge_cache[(start, size)] = _range_hash(start, size, get_node)
+                proof.append(h)
         node >>= 1
 
 
-def inclusion_proof(index: int, size: int, get_node: NodeGetter) -> list[bytes]:
+def inclusion_proof(
+    index: int, size: int, get_node: NodeGetter, edge_cache: EdgeCache | None = None
+) -> list[bytes]:
     """RFC 9162 §2.1.3.1 PATH(index, D[0:size]), from perfect-subtree hashes.
 
     Precondition: 0 <= index < size, and get_node can answer for every perfect subtree that
@@ -109,11 +128,13 @@ def inclusion_proof(index: int, size: int, get_node: NodeGetter) -> list[bytes]:
     if not 0 <= index < size:
         raise LocalProtocolError(f"leaf index {index} is not in a tree of size {size}")
     proof: list[bytes] = []
-    _path(index, 0, size, get_node, proof)
+    _path(index, 0, size, get_node, proof, edge_cache)
     return proof
 
 
-def consistency_proof(old_size: int, new_size: int, get_node: NodeGetter) -> list[bytes]:
+def consistency_proof(
+    old_size: int, new_size: int, get_node: NodeGetter, edge_cache: EdgeCache | None = None
+) -> list[bytes]:
     """RFC 9162 §2.1.4.1 PROOF(old_size, D[0:new_size]), from perfect-subtree hashes.
 
     Precondition: 0 < old_size <= new_size.  A proof between equal sizes is empty.  The RFC's
@@ -130,7 +151,7 @@ def consistency_proof(old_size: int, new_size: int, get_node: NodeGetter) -> lis
     level = (old_size & -old_size).bit_length() - 1
     index = (old_size - 1) >> level
     proof: list[bytes] = [] if index == 0 else [get_node(level, index)]
-    _path(index, level, new_size, get_node, proof)
+    _path(index, level, new_size, get_node, proof, edge_cache)
     return proof
 
 
@@ -178,79 +199,6 @@ def verify_inclusion(
     _check_hash(root)
     if root_from_inclusion_proof(index, size, leaf_hash_, proof) != root:
         raise VerificationError("proof does not verify")
-
-
-class TreeVerifier:
-    """Verifies many inclusion proofs against one tree head, sharing the work between them.
-
-    A light client checks many leaves against the same checkpoint.  Every node a proof
-    reconstructs on its way to the root is, once that proof verified, known to belong to the
-    tree (size, root); a later proof that reconstructs the same node with the same hash can
-    stop there, and one that reconstructs it with another hash is rejected.  This relies on
-    SHA-256's collision resistance exactly as single proofs do.  Node positions are the ones
-    of RFC 9162's tree: (level, index >> level) for the ancestors of leaf `index`.  Memory is
-    bounded by `max_nodes`; past it, proofs are still verified in full.
-
-    It answers whether a leaf is in the tree: a damaged proof for a leaf already shown to be
-    in it may be accepted, since its statement is true; a false statement never is.
-    """
-
-    __slots__ = ("_known", "max_nodes", "root", "size")
-
-    def __init__(self, size: int, root: bytes, *, max_nodes: int = 1 << 16) -> None:
-        if size <= 0 or len(root) != HASH_SIZE:
-            raise LocalProtocolError("a tree verifier needs a non-empty tree and a 32-byte root")
-        self.size = size
-        self.root = root
-        self.max_nodes = max_nodes
-        self._known: dict[int, bytes] = {}
-
-    def verify_inclusion(self, index: int, leaf_hash_: bytes, proof: Sequence[bytes]) -> None:
-        """Like `verify_inclusion(index, size, leaf_hash_, proof, root)`; VerificationError."""
-        size = self.size
-        if not 0 <= index < size or len(leaf_hash_) != HASH_SIZE:
-            raise VerificationError("proof does not verify")
-        inner = (index ^ (size - 1)).bit_length()
-        if len(proof) != inner + (index >> inner).bit_count():
-            raise VerificationError("proof does not verify")
-        if proof and set(map(len, proof)) != {HASH_SIZE}:
-            raise VerificationError("proof does not verify")
-        known = self._known
-        sha = _sha256
-        r = leaf_hash_
-        seen: list[tuple[int, bytes]] = []
-        level = 0
-        pos = 0
-        while True:
-            key = (level << 58) | (index >> level)
-            stored = known.get(key)
-            if stored is not None:
-                if stored != r:
-                    raise VerificationError("proof does not verify")
-                break
-            seen.append((key, r))
-            if pos == len(proof):
-                if r != self.root:
-                    raise VerificationError("proof does not verify")
-                break
-            p = proof[pos]
-            pos += 1
-            if level < inner:
-                r = (
-                    sha(b"\x01" + p + r).digest()
-                    if (index >> level) & 1
-                    else sha(b"\x01" + r + p).digest()
-                )
-                level += 1
-            else:
-                # On the right border a node without a right sibling is its own parent: the
-                # next hash happens at the next set bit of the index.
-                while not (index >> level) & 1:
-                    level += 1
-                r = sha(b"\x01" + p + r).digest()
-                level += 1
-        if len(known) + len(seen) <= self.max_nodes:
-            known.update(seen)
 
 
 def consistency_roots(old_size: int, new_size: int, path: Sequence[bytes]) -> tuple[bytes, bytes]:
