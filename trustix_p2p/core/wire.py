@@ -23,6 +23,7 @@ field at fault.  This module is pure: no I/O, no clock, no randomness.
 
 from __future__ import annotations
 
+import abc
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Final, TypeVar
@@ -69,11 +70,12 @@ _SPEC_KEY: Final = "trustix_wire_spec"
 # --------------------------------------------------------------------------------------------
 
 
-class Spec:
+class Spec(abc.ABC):
     """What one field may hold.  `problem()` returns why a wire value is unacceptable."""
 
+    @abc.abstractmethod
     def problem(self, value: object) -> str | None:
-        raise NotImplementedError
+        """None if `value` is acceptable, else a short reason naming what is wrong."""
 
     def decode(self, value: object, where: str) -> Any:
         """The checked Python value for a wire value, or `DecodeError` naming `where`."""
