@@ -13,12 +13,26 @@ number (so keys stay short) and its data lives under these key prefixes:
                                              whose builder may log identical leaves twice
     b"C" + num                            -> latest checkpoint note bytes, exactly as signed
     b"K" + num + size(8) + sha256(note)   -> every checkpoint note kept for this log
+    b"T" + num + block(8)                 -> hash tile of leaves [256 * block, 256 * block + 256)
 
 A leaf record holds everything the Merkle tree needs at that position, so an append writes two
 keys per entry: the leaf hash, then the hashes of the perfect subtrees this leaf completes
 (levels 1..k, where k is the number of trailing one bits of its index: leaf i completes node
 (level, idx) exactly when i = (idx + 1) * 2**level - 1), then the leaf bytes exactly as the
 builder wrote them.  Node (level, idx) is therefore one read of leaf ((idx + 1) << level) - 1.
+
+Hash tiles (after C2SP tlog-tiles, which groups the tree into tiles of height 8): the leaf that
+completes a block of 256 leaves also writes, in the same batch, a tile holding every hash of that
+block's perfect subtree, levels 0..8, 511 hashes.  The tile is exactly the hash parts of the
+block's 256 records (leaf hash, then completed nodes) concatenated in leaf order and cut after
+the block's own root (its last leaf also completes higher levels), so leaf j of
+the block starts at hash number 2j - popcount(j) (the nodes at levels >= 1 completed before it
+number sum(j >> l) = j - popcount(j)), and node (level, idx) inside the block is hash number
+2j - popcount(j) + level with j = ((idx + 1) << level) - 1 mod 256.  An inclusion or
+consistency proof then reads its eight lowest levels from one tile instead of eight records;
+nodes of the incomplete last block are read from the records, and nodes at level >= 8 (n / 256
+of them) are kept in memory once read.  The tiles duplicate hashes the records already hold, at
+64 bytes per leaf, to turn ~8 random reads per proof into one; `verify` checks both.
 
 Proofs read only perfect-subtree hashes, O(log n) of them (core.merkle); nothing here rebuilds a
 tree from its leaves except `verify`, which exists to do exactly that.  Writes that belong together
@@ -36,6 +50,7 @@ import hashlib
 import os
 import struct
 from collections.abc import Callable, Iterator, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +73,15 @@ from trustix_p2p.errors import (
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
+_HS = merkle.HASH_SIZE
 _SCHEMA_KEY = b"!schema"
-_SCHEMA_VERSION = b"1"
-_CACHED_LEVEL = 4
+# Version 2 added the hash tiles; a version 1 store has none and would fail `verify`.
+_SCHEMA_VERSION = b"2"
+_TILE_HEIGHT = 8
+_TILE_WIDTH = 1 << _TILE_HEIGHT
+_TILE_BYTES = (2 * _TILE_WIDTH - 1) * _HS
 _NODE_CACHE_MAX = 1 << 18
 _EDGE_CACHE_MAX = 1 << 12
-_HS = merkle.HASH_SIZE
 # Hashes and leaves do not compress, and the out-path index is written in random key order:
 # bigger memtables and files mean fewer, larger compactions.
 DB_OPTIONS: dict[str, Any] = {
@@ -78,6 +96,21 @@ DB_OPTIONS: dict[str, Any] = {
 def _completed_levels(index: int) -> int:
     """How many interior subtrees leaf `index` completes: its trailing one bits."""
     return (index ^ (index + 1)).bit_length() - 1
+
+
+def _tile_slots() -> tuple[tuple[int, ...], ...]:
+    """Byte offset in a tile of node (level, idx), as _TILE_SLOTS[level][idx mod 256 >> level]."""
+    slots = []
+    for level in range(_TILE_HEIGHT + 1):
+        row = []
+        for local in range(_TILE_WIDTH >> level):
+            j = ((local + 1) << level) - 1
+            row.append((2 * j - j.bit_count() + level) * _HS)
+        slots.append(tuple(row))
+    return tuple(slots)
+
+
+_TILE_SLOTS = _tile_slots()
 
 
 @attrs.frozen
@@ -196,14 +229,22 @@ class LogStore:
     _checkpoint: SignedCheckpoint | None = attrs.field(init=False, default=None)
     _prefix_e: bytes = attrs.field(init=False)
     _prefix_p: bytes = attrs.field(init=False)
-    # Complete subtrees never change, so the upper levels (few: n / 2**level of them) are
-    # kept in memory; proofs then read only their lowest levels from LevelDB.
+    _prefix_t: bytes = attrs.field(init=False)
+    # Complete subtrees never change, so the levels above the tiles (few: n / 2**level of
+    # them) are kept in memory; proofs then read only one tile from LevelDB.
     _node_cache: dict[int, bytes] = attrs.field(init=False, factory=dict)
     _edge_cache: merkle.EdgeCache = attrs.field(init=False, factory=dict)
+    # A proof asks for its eight lowest levels one after another from the same tile, so the
+    # last tile read is kept (None: that block has no tile yet, read its records instead).
+    _tile_block: int = attrs.field(init=False, default=-1)
+    _tile: bytes | None = attrs.field(init=False, default=None)
+    # Hash parts of the records of the incomplete last block, for the tile that completes it.
+    _tile_tail: bytes | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self._prefix_e = b"E" + self.num
         self._prefix_p = b"P" + self.num
+        self._prefix_t = b"T" + self.num
         raw = self.store.db.get(b"A" + self.num)
         if raw is None:
             raise StoreCorruptError(f"log {self.log_id.hex()} has no metadata")
@@ -237,22 +278,37 @@ class LogStore:
 
     def node(self, level: int, index: int) -> bytes:
         """Hash of the perfect subtree (level, index); StoreCorruptError if missing or malformed."""
-        cacheable = level >= _CACHED_LEVEL
-        if cacheable:
-            cached = self._node_cache.get((level << 58) | index)
-            if cached is not None:
-                return cached
+        if level < _TILE_HEIGHT:
+            block = index >> (_TILE_HEIGHT - level)
+            tile = self._tile if block == self._tile_block else self._read_tile(block)
+            if tile is not None:
+                offset = _TILE_SLOTS[level][index & ((_TILE_WIDTH - 1) >> level)]
+                return tile[offset : offset + _HS]
+            return self._record_node(level, index)
+        cached = self._node_cache.get((level << 58) | index)
+        if cached is not None:
+            return cached
+        h = self._record_node(level, index)
+        if len(self._node_cache) >= _NODE_CACHE_MAX:
+            self._node_cache.clear()
+        self._node_cache[(level << 58) | index] = h
+        return h
+
+    def _read_tile(self, block: int) -> bytes | None:
+        tile: bytes | None = self.db.get(self._prefix_t + _U64.pack(block))
+        if tile is not None and len(tile) != _TILE_BYTES:
+            raise StoreCorruptError(f"log {self.log_id.hex()}: hash tile {block} is damaged")
+        self._tile_block = block
+        self._tile = tile
+        return tile
+
+    def _record_node(self, level: int, index: int) -> bytes:
         raw = self._record(((index + 1) << level) - 1)
         if raw is None or len(raw) < (level + 1) * _HS:
             raise StoreCorruptError(
                 f"log {self.log_id.hex()}: node ({level}, {index}) is missing or damaged"
             )
-        h = raw[level * _HS : (level + 1) * _HS]
-        if cacheable:
-            if len(self._node_cache) >= _NODE_CACHE_MAX:
-                self._node_cache.clear()
-            self._node_cache[(level << 58) | index] = h
-        return h
+        return raw[level * _HS : (level + 1) * _HS]
 
     def leaf(self, index: int) -> bytes:
         raw = self._record(index)
@@ -318,8 +374,8 @@ class LogStore:
             yield note
 
     def _check_size(self, size: int) -> None:
-        stored = self._frontier.size if self._frontier is not None else self.size
-        if not 0 <= size <= stored:
+        # The frontier's size is the stored size without a read per proof.
+        if not 0 <= size <= self.frontier().size:
             raise LocalProtocolError(f"log {self.log_id.hex()} has no tree of size {size}")
 
     def frontier(self) -> merkle.MerkleFrontier:
@@ -349,6 +405,9 @@ class LogStore:
         frontier = self.frontier()
         start_size = frontier.size
         edge_backup = frontier.edge()
+        tile_tail = self._tile_tail
+        if tile_tail is None:
+            tile_tail = self._read_tile_tail(start_size)
         sha = hashlib.sha256
         own = self.own
         # Batch-shaped on purpose: list comprehensions over the whole batch are markedly faster
@@ -377,6 +436,19 @@ class LogStore:
                 key = pack(start_size + offset)
                 put(prefix_e + key, hashes[offset] + completed[offset] + record.leaf)
                 put(index_keys[offset] if own else index_keys[offset] + key, key)
+            # Each block of 256 leaves this batch completes gets its tile: the hash parts of
+            # its records in order, the first taking the parts left over from earlier batches,
+            # cut after level 8 (only the block's last leaf completes more).
+            lo = 0
+            hi = _TILE_WIDTH - (start_size & (_TILE_WIDTH - 1))
+            while hi <= len(records):
+                parts = chain.from_iterable(zip(hashes[lo:hi], completed[lo:hi], strict=True))
+                block = (start_size + hi - 1) >> _TILE_HEIGHT
+                put(self._prefix_t + pack(block), (tile_tail + b"".join(parts))[:_TILE_BYTES])
+                tile_tail = b""
+                lo, hi = hi, hi + _TILE_WIDTH
+            parts = chain.from_iterable(zip(hashes[lo:], completed[lo:], strict=True))
+            tile_tail += b"".join(parts)
             if sign is not None:
                 checkpoint = sign(frontier.size, frontier.root())
             if checkpoint is not None:
@@ -388,9 +460,23 @@ class LogStore:
             wb.clear()
             self._frontier = merkle.MerkleFrontier(start_size, edge_backup)
             raise
+        self._tile_tail = tile_tail
+        # The remembered tile may be the "no tile yet" of a block this batch completed.
+        self._tile_block = -1
         if checkpoint is not None:
             self._checkpoint = checkpoint
         return indices
+
+    def _read_tile_tail(self, size: int) -> bytes:
+        """Hash parts of the records of the incomplete last block of a tree of `size`."""
+        start = size & ~(_TILE_WIDTH - 1)
+        parts = [
+            record[: (_completed_levels(index) + 1) * _HS]
+            for index, record in self._records(start, size)
+        ]
+        if len(parts) != size - start:
+            raise StoreCorruptError(f"log {self.log_id.hex()}: entries of the last block missing")
+        return b"".join(parts)
 
     def _deduplicate(self, index_keys: list[bytes], start: int) -> tuple[list[int], list[int]]:
         """Own log: the index every leaf gets, and the positions of the leaves to write.
@@ -478,6 +564,7 @@ class LogStore:
         size = self.size
         frontier = merkle.MerkleFrontier()
         count = 0
+        block_parts: list[bytes] = []
         for index, record in self._records(0, size):
             if index != count:
                 problems.append(f"entry {count} is missing")
@@ -486,8 +573,16 @@ class LogStore:
             leaf = record[(k + 1) * _HS :]
             lh = merkle.leaf_hash(leaf)
             for level, idx, h in frontier.append(lh):
+                block_parts.append(h)
                 if record[level * _HS : (level + 1) * _HS] != h:
                     problems.append(f"stored hash of node ({level}, {idx}) is wrong")
+            if len(block_parts) >= _TILE_BYTES // _HS:
+                # The tile must hold the recomputed hashes, not merely copy the records.
+                block = index >> _TILE_HEIGHT
+                tile = self.db.get(self._prefix_t + _U64.pack(block))
+                if tile != b"".join(block_parts)[:_TILE_BYTES]:
+                    problems.append(f"hash tile {block} is missing or wrong")
+                block_parts.clear()
             try:
                 out_path = decode_entry(leaf).out_path
             except DecodeError as exc:
@@ -504,6 +599,14 @@ class LogStore:
                 break
         if count != size and len(problems) <= 100:
             problems.append(f"{size} entries recorded but {count} stored")
+        extra = self.db.iterator(
+            start=self._prefix_t + _U64.pack(count >> _TILE_HEIGHT),
+            stop=self._prefix_t + b"\xff" * 9,
+            include_value=False,
+        )
+        for key in extra:
+            problems.append(f"hash tile {_U64.unpack(key[-8:])[0]} covers entries not stored")
+            break
         if len(problems) > 100:
             problems = [*problems[:100], "... and possibly more"]
         cp_size: int | None = None
@@ -519,6 +622,7 @@ class LogStore:
         if not problems:
             # Every kept checkpoint must be a tree this log really had.
             self._node_cache.clear()
+            self._tile_block = -1
             roots: dict[int, bytes] = {}
             for note in self.checkpoints():
                 try:
