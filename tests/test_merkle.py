@@ -293,3 +293,37 @@ def test_an_edge_cache_gives_the_same_proofs() -> None:
             got = merkle.consistency_proof(old, size, tree.get, cache)
             assert got == ref.proof(old, leaves[:size])
     assert cache
+
+
+def test_a_sibling_getter_serves_the_lower_path_and_gives_the_same_proofs() -> None:
+    leaves = [i.to_bytes(2, "big") for i in range(80)]
+    tree = Tree(leaves)
+    asked: list[tuple[int, int, int]] = []
+
+    def siblings(level: int, index: int, count: int) -> list[bytes]:
+        asked.append((level, index, count))
+        # Every sibling asked for must be a perfect subtree the store holds (inside the tree).
+        return [tree.nodes[(level + k, (index >> k) ^ 1)] for k in range(count)]
+
+    for size in range(1, 81):
+        for m in range(size):
+            assert merkle.inclusion_proof(m, size, tree.get, None, siblings) == ref.path(
+                m, leaves[:size]
+            )
+        for old in range(1, size + 1):
+            got = merkle.consistency_proof(old, size, tree.get, {}, siblings)
+            assert got == ref.proof(old, leaves[:size])
+    assert asked
+    # Leaf 0 of a tree of 64: the five lowest siblings in one call; the sixth, the subtree
+    # holding the last leaf (which might have been incomplete), from get_node.
+    asked.clear()
+    tree.reads = 0
+    merkle.inclusion_proof(0, 64, tree.get, None, siblings)
+    assert asked == [(0, 0, 5)] and tree.reads == 1
+
+
+def test_siblings_of_asks_the_node_getter_for_each_sibling() -> None:
+    tree = Tree([i.to_bytes(2, "big") for i in range(16)])
+    got = merkle.siblings_of(tree.get)(0, 5, 3)
+    assert got == [tree.nodes[(0, 4)], tree.nodes[(1, 3)], tree.nodes[(2, 0)]]
+    assert tree.reads == 3

@@ -244,6 +244,10 @@ def test_a_missing_or_truncated_hash_tile_is_reported(tmp_path: Path) -> None:
         log.append([f.record(i) for i in range(600)], sign=signer())
         store.db.delete(_tile_key(store, log.log_id, 0))
         assert log.verify().problems == ("hash tile 0 is missing or wrong",)
+        # The records still hold every node, so proofs stay right without the tile.
+        raw = [f.leaf(i) for i in range(600)]
+        assert log.inclusion_proof(5, 600) == ref.path(5, raw)
+        assert log.consistency_proof(100, 600) == ref.proof(100, raw)
         key = _tile_key(store, log.log_id, 1)
         store.db.put(key, store.db.get(key)[:-1])
     with Store(db) as store:

@@ -111,6 +111,15 @@ def _tile_slots() -> tuple[tuple[int, ...], ...]:
 
 
 _TILE_SLOTS = _tile_slots()
+# Offsets of the siblings of node (level, idx) at levels level .. 7, all inside its own tile,
+# as _TILE_PATHS[level][idx mod 256 >> level]: a proof's lower siblings are then one slice each.
+_TILE_PATHS = tuple(
+    tuple(
+        tuple(_TILE_SLOTS[level + k][(local >> k) ^ 1] for k in range(_TILE_HEIGHT - level))
+        for local in range(_TILE_WIDTH >> level)
+    )
+    for level in range(_TILE_HEIGHT + 1)
+)
 
 
 @attrs.frozen
@@ -294,6 +303,22 @@ class LogStore:
         self._node_cache[(level << 58) | index] = h
         return h
 
+    def siblings(self, level: int, index: int, count: int) -> list[bytes]:
+        """merkle.SiblingGetter: the siblings below level 8 from one tile, the rest one by one."""
+        in_tile = min(count, _TILE_HEIGHT - level) if level < _TILE_HEIGHT else 0
+        hashes: list[bytes] = []
+        if in_tile:
+            block = index >> (_TILE_HEIGHT - level)
+            tile = self._tile if block == self._tile_block else self._read_tile(block)
+            if tile is not None:
+                offsets = _TILE_PATHS[level][index & ((_TILE_WIDTH - 1) >> level)]
+                hashes = [tile[o : o + _HS] for o in offsets[:in_tile]]
+            else:
+                hashes = [self._record_node(level + k, (index >> k) ^ 1) for k in range(in_tile)]
+        node = self.node
+        hashes += [node(level + k, (index >> k) ^ 1) for k in range(in_tile, count)]
+        return hashes
+
     def _read_tile(self, block: int) -> bytes | None:
         tile: bytes | None = self.db.get(self._prefix_t + _U64.pack(block))
         if tile is not None and len(tile) != _TILE_BYTES:
@@ -333,11 +358,11 @@ class LogStore:
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         self._check_size(size)
-        return merkle.inclusion_proof(index, size, self.node, self._edges())
+        return merkle.inclusion_proof(index, size, self.node, self._edges(), self.siblings)
 
     def consistency_proof(self, old: int, new: int) -> list[bytes]:
         self._check_size(new)
-        return merkle.consistency_proof(old, new, self.node, self._edges())
+        return merkle.consistency_proof(old, new, self.node, self._edges(), self.siblings)
 
     def _edges(self) -> merkle.EdgeCache:
         if len(self._edge_cache) >= _EDGE_CACHE_MAX:

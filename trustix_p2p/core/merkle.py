@@ -10,8 +10,9 @@ storage, no entries, no I/O.  Hashing is RFC 9162 §2.1.1 with SHA-256:
 Trees are addressed by *perfect subtrees*: node (level, index) is the root of the complete
 subtree over leaves [index * 2**level, (index + 1) * 2**level).  Once such a subtree is complete
 its hash never changes, so a store keeps exactly those and proof generation reads O(log n) of
-them through a `NodeGetter`; the one incomplete right-edge subtree a proof may need is
-recomputed from at most popcount(n) perfect ones.
+them through a `NodeGetter` (the lower part of a path, a run of siblings, through a
+`SiblingGetter` that may answer it in one read); the one incomplete right-edge subtree a proof
+may need is recomputed from at most popcount(n) perfect ones.
 
 Verification follows RFC 9162 §2.1.3.2 (inclusion) and §2.1.4.2 (consistency) literally, and
 additionally the conventions of transparency-dev/merkle's test data: every hash must be exactly
@@ -33,6 +34,11 @@ EMPTY_ROOT = hashlib.sha256(b"").digest()
 
 # (level, index) -> hash of the perfect subtree over leaves [index << level, (index + 1) << level)
 NodeGetter = Callable[[int, int], bytes]
+# (level, index, count) -> the hashes of the siblings of node (level, index) at `count` heights
+# upwards: node (level + k, (index >> k) ^ 1) for k = 0 .. count - 1, each a perfect subtree.
+# A proof's lower siblings all have this shape, so a store that keeps neighbouring nodes
+# together (storage's hash tiles) can answer them in one read; `siblings_of` is the plain form.
+SiblingGetter = Callable[[int, int, int], list[bytes]]
 
 _sha256 = hashlib.sha256
 
@@ -82,62 +88,89 @@ def root_hash(size: int, get_node: NodeGetter) -> bytes:
 EdgeCache = dict[tuple[int, int], bytes]
 
 
+def siblings_of(get_node: NodeGetter) -> SiblingGetter:
+    """The SiblingGetter that asks `get_node` for each sibling in turn."""
+
+    def siblings(level: int, index: int, count: int) -> list[bytes]:
+        return [get_node(level + k, (index >> k) ^ 1) for k in range(count)]
+
+    return siblings
+
+
 def _path(
     index: int,
     level: int,
     size: int,
     get_node: NodeGetter,
+    siblings: SiblingGetter,
     proof: list[bytes],
     edge_cache: EdgeCache | None,
 ) -> None:
     """Append the siblings on the way from node (level, index) to the root of a tree of `size`.
 
-    At each height the sibling either lies wholly inside the tree (a stored perfect subtree),
-    or is the tree's incomplete right edge (hashed from its perfect parts), or does not exist
-    because the node is itself on the right edge (the RFC recursion then adds nothing).
+    Split at the height `inner` where the path meets the path of the tree's last node (as in
+    verification, RFC 9162 §2.1.3.2): below inner - 1 every sibling lies inside the subtree
+    that holds the node and ends before the last node's, so it is a perfect subtree; at
+    inner - 1 the sibling is the subtree holding the last node, possibly the tree's incomplete
+    right edge (hashed from its perfect parts); above, the paths coincide and only left-hand
+    siblings exist (a right-hand one would start past the end, and the RFC adds nothing).
     The incomplete right-edge subtree [start, size) never changes once the tree has `size`
     leaves, so a caller serving many proofs may keep those hashes in `edge_cache`.
     """
-    top = (size - 1).bit_length()
-    node = index
-    for lvl in range(level, top):
-        sibling = node ^ 1
-        start = sibling << lvl
-        if start < size:
-            end = start + (1 << lvl)
-            if end <= size:
-                proof.append(get_node(lvl, sibling))
-            elif edge_cache is None:
-                proof.append(_range_hash(start, size, get_node))
-            else:
-                h = edge_cache.get((start, size))
-                if h is None:
-                    h = edge_cache[(start, size)] = _range_hash(start, size, get_node)
-                proof.append(h)
-        node >>= 1
+    last = (size - 1) >> level
+    inner = (index ^ last).bit_length()
+    if inner > 1:
+        proof += siblings(level, index, inner - 1)
+    if inner:
+        lvl = level + inner - 1
+        start = (last >> (inner - 1)) << lvl
+        if start + (1 << lvl) <= size:
+            proof.append(get_node(lvl, last >> (inner - 1)))
+        elif edge_cache is None:
+            proof.append(_range_hash(start, size, get_node))
+        else:
+            h = edge_cache.get((start, size))
+            if h is None:
+                h = edge_cache[(start, size)] = _range_hash(start, size, get_node)
+            proof.append(h)
+    proof += [
+        get_node(level + k, (index >> k) ^ 1)
+        for k in range(inner, last.bit_length())
+        if index >> k & 1
+    ]
 
 
 def inclusion_proof(
-    index: int, size: int, get_node: NodeGetter, edge_cache: EdgeCache | None = None
+    index: int,
+    size: int,
+    get_node: NodeGetter,
+    edge_cache: EdgeCache | None = None,
+    siblings: SiblingGetter | None = None,
 ) -> list[bytes]:
     """RFC 9162 §2.1.3.1 PATH(index, D[0:size]), from perfect-subtree hashes.
 
-    Precondition: 0 <= index < size, and get_node can answer for every perfect subtree that
-    lies entirely within the first `size` leaves.
+    Precondition: 0 <= index < size, and get_node (and `siblings`, if given, which must agree
+    with it) can answer for every perfect subtree that lies entirely within the first `size`
+    leaves.
     """
     if not 0 <= index < size:
         raise LocalProtocolError(f"leaf index {index} is not in a tree of size {size}")
     proof: list[bytes] = []
-    _path(index, 0, size, get_node, proof, edge_cache)
+    _path(index, 0, size, get_node, siblings or siblings_of(get_node), proof, edge_cache)
     return proof
 
 
 def consistency_proof(
-    old_size: int, new_size: int, get_node: NodeGetter, edge_cache: EdgeCache | None = None
+    old_size: int,
+    new_size: int,
+    get_node: NodeGetter,
+    edge_cache: EdgeCache | None = None,
+    siblings: SiblingGetter | None = None,
 ) -> list[bytes]:
     """RFC 9162 §2.1.4.1 PROOF(old_size, D[0:new_size]), from perfect-subtree hashes.
 
-    Precondition: 0 < old_size <= new_size.  A proof between equal sizes is empty.  The RFC's
+    Preconditions as for `inclusion_proof`, and 0 < old_size <= new_size.  A proof between
+    equal sizes is empty.  The RFC's
     SUBPROOF recursion equals: the largest perfect subtree ending at old_size (omitted when
     old_size is a power of two, as the verifier knows it: it is the old root), then that
     subtree's inclusion path in the new tree.
@@ -151,7 +184,7 @@ def consistency_proof(
     level = (old_size & -old_size).bit_length() - 1
     index = (old_size - 1) >> level
     proof: list[bytes] = [] if index == 0 else [get_node(level, index)]
-    _path(index, level, new_size, get_node, proof, edge_cache)
+    _path(index, level, new_size, get_node, siblings or siblings_of(get_node), proof, edge_cache)
     return proof
 
 
