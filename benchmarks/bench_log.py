@@ -64,13 +64,15 @@ def bench_floor(records: list[LeafRecord], path: Path) -> float:
     """Hashing plus plyvel batches of the same bytes, no other logic.
 
     Writes what LogStore.append writes for each leaf (the record: leaf hash, hashes of the
-    subtrees it completes, leaf bytes; and the out-path index key), with the same database
+    subtrees it completes, leaf bytes; and the out-path index key) and for each block of 256
+    leaves (its hash tile: the block's records' hashes up to level 8), with the same database
     options and one sync=True batch per 10,000 entries; no deduplication lookups, no
     signing, no checks, no rollback.
     """
     db = plyvel.DB(str(path), create_if_missing=True, **DB_OPTIONS)
     sha = hashlib.sha256
     stack: list[bytes] = []
+    tile: list[bytes] = []
     start = time.perf_counter()
     for b in range(0, len(records), BATCH):
         with db.write_batch(sync=True) as wb:
@@ -85,9 +87,13 @@ def bench_floor(records: list[LeafRecord], path: Path) -> float:
                     idx >>= 1
                 stack.append(h)
                 key = _U64.pack(i)
+                tile += parts
                 parts.append(leaf)
                 wb.put(b"E\x00\x00\x00\x01" + key, b"".join(parts))
                 wb.put(b"P\x00\x00\x00\x01" + records[i].out_path.encode() + b"\x00" + lh, key)
+                if i & 255 == 255:
+                    wb.put(b"T\x00\x00\x00\x01" + _U64.pack(i >> 8), b"".join(tile[:511]))
+                    tile = []
     elapsed = time.perf_counter() - start
     db.close()
     return rate(len(records), elapsed)

@@ -263,3 +263,11 @@ def test_a_hash_tile_beyond_the_stored_entries_is_reported(tmp_path: Path) -> No
         log.append([f.record(i) for i in range(300)], sign=signer())
         store.db.put(_tile_key(store, log.log_id, 1), bytes(511 * 32))
         assert log.verify().problems == ("hash tile 1 covers entries not stored",)
+
+
+def test_a_store_of_another_schema_is_refused(tmp_path: Path) -> None:
+    # Schema 1 had no hash tiles: serving from it would pass proofs but fail `verify`.
+    with Store(tmp_path / "db") as store:
+        store.db.put(b"!schema", b"1")
+    with pytest.raises(StoreError, match="schema b'1'"):
+        Store(tmp_path / "db")

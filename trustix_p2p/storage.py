@@ -169,7 +169,10 @@ class Store:
             self.db.put(_SCHEMA_KEY, _SCHEMA_VERSION, sync=True)
         elif schema != _SCHEMA_VERSION:
             self.db.close()
-            raise StoreError(f"the store at {self.path} has unknown schema {schema!r}")
+            raise StoreError(
+                f"the store at {self.path} has schema {schema!r}; this version of trustix-p2p "
+                f"reads schema {_SCHEMA_VERSION!r} only"
+            )
         self._logs: dict[bytes, LogStore] = {}
 
     def close(self) -> None:
