@@ -22,17 +22,19 @@ keys per entry: the leaf hash, then the hashes of the perfect subtrees this leaf
 builder wrote them.  Node (level, idx) is therefore one read of leaf ((idx + 1) << level) - 1.
 
 Hash tiles (after C2SP tlog-tiles, which groups the tree into tiles of height 8): the leaf that
-completes a block of 256 leaves also writes, in the same batch, a tile holding every hash of that
-block's perfect subtree, levels 0..8, 511 hashes.  The tile is exactly the hash parts of the
-block's 256 records (leaf hash, then completed nodes) concatenated in leaf order and cut after
-the block's own root (its last leaf also completes higher levels), so leaf j of
-the block starts at hash number 2j - popcount(j) (the nodes at levels >= 1 completed before it
+completes a block of 256 leaves also writes, in the same batch, a tile holding every hash of
+that block's perfect subtree, levels 0..8, 511 hashes.  The tile is exactly the hash parts of
+the block's 256 records (leaf hash, then completed nodes) concatenated in leaf order and cut
+after the block's own root (its last leaf also completes higher levels).  So leaf j of the
+block starts at hash number 2j - popcount(j) (the nodes at levels >= 1 completed before it
 number sum(j >> l) = j - popcount(j)), and node (level, idx) inside the block is hash number
-2j - popcount(j) + level with j = ((idx + 1) << level) - 1 mod 256.  An inclusion or
-consistency proof then reads its eight lowest levels from one tile instead of eight records;
-nodes of the incomplete last block are read from the records, and nodes at level >= 8 (n / 256
-of them) are kept in memory once read.  The tiles duplicate hashes the records already hold, at
-64 bytes per leaf, to turn ~8 random reads per proof into one; `verify` checks both.
+2j - popcount(j) + level with j = ((idx + 1) << level) - 1 mod 256.  A proof then takes its
+eight lowest siblings from one tile (`LogStore.siblings`) instead of eight records; nodes of
+the incomplete last block come from the records, and nodes at level >= 8 (about n / 128 of
+them) are kept in memory once read.  The tiles repeat hashes the records already hold, 64
+bytes per leaf, to turn ~8 random reads per proof into one; `verify` recomputes both.  The
+hash parts of the incomplete last block are kept in memory for the append that completes it
+(read back from its records at the first append after opening).
 
 Proofs read only perfect-subtree hashes, O(log n) of them (core.merkle); nothing here rebuilds a
 tree from its leaves except `verify`, which exists to do exactly that.  Writes that belong together
@@ -307,7 +309,8 @@ class LogStore:
         return h
 
     def siblings(self, level: int, index: int, count: int) -> list[bytes]:
-        """merkle.SiblingGetter: the siblings below level 8 from one tile, the rest one by one."""
+        """merkle.SiblingGetter: the siblings below level 8 from one tile (in the incomplete
+        last block, from its records), the ones above from the node cache."""
         in_tile = min(count, _TILE_HEIGHT - level) if level < _TILE_HEIGHT else 0
         hashes: list[bytes] = []
         if in_tile:
