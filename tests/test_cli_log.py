@@ -24,6 +24,12 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def append(
+    capsys: pytest.CaptureFixture[str], state: str, key: str, jsonl: str
+) -> tuple[int, str, str]:
+    return run(capsys, "log", "append", "--state", state, "--key", key, "--jsonl", jsonl)
+
+
 def b64(s: str) -> bytes:
     return base64.b64decode(s)
 
@@ -145,17 +151,7 @@ def test_a_bad_jsonl_line_is_reported_and_nothing_is_appended(
     jsonl = tmp_path / "entries.jsonl"
     good = [json.dumps(entry_to_json(f.entry(i))) for i in range(4)]
     jsonl.write_text("\n".join([*good[:2], line, *good[2:]]) + "\n")
-    code, _, err = run(
-        capsys,
-        "log",
-        "append",
-        "--state",
-        str(tmp_path / "s"),
-        "--key",
-        str(key),
-        "--jsonl",
-        str(jsonl),
-    )
+    code, _, err = append(capsys, str(tmp_path / "s"), str(key), str(jsonl))
     assert code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "s" / "db").exists()
 
@@ -166,17 +162,7 @@ def test_oversized_field_is_refused(
     key, _ = keyfile
     obj = entry_to_json(f.entry(1)) | {"output": "o" * 100_000}
     (tmp_path / "e.jsonl").write_text(json.dumps(obj) + "\n")
-    code, _, err = run(
-        capsys,
-        "log",
-        "append",
-        "--state",
-        str(tmp_path / "s"),
-        "--key",
-        str(key),
-        "--jsonl",
-        str(tmp_path / "e.jsonl"),
-    )
+    code, _, err = append(capsys, str(tmp_path / "s"), str(key), str(tmp_path / "e.jsonl"))
     assert code == 2 and "output" in err
 
 
@@ -186,32 +172,12 @@ def test_key_file_with_loose_mode_or_wrong_length_is_refused(
     key, _ = keyfile
     write_jsonl(tmp_path / "e.jsonl", 1)
     os.chmod(key, 0o644)
-    code, _, err = run(
-        capsys,
-        "log",
-        "append",
-        "--state",
-        str(tmp_path / "s"),
-        "--key",
-        str(key),
-        "--jsonl",
-        str(tmp_path / "e.jsonl"),
-    )
+    code, _, err = append(capsys, str(tmp_path / "s"), str(key), str(tmp_path / "e.jsonl"))
     assert code == 2 and "chmod" in err
     short = tmp_path / "short.key"
     short.write_text("trustix-p2p-ed25519:" + base64.b64encode(b"x" * 16).decode() + "\n")
     os.chmod(short, 0o600)
-    code, _, err = run(
-        capsys,
-        "log",
-        "append",
-        "--state",
-        str(tmp_path / "s"),
-        "--key",
-        str(short),
-        "--jsonl",
-        str(tmp_path / "e.jsonl"),
-    )
+    code, _, err = append(capsys, str(tmp_path / "s"), str(short), str(tmp_path / "e.jsonl"))
     assert code == 2 and "short.key" in err
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import json
 import sys
 import time
@@ -78,8 +79,7 @@ def cmd_append(args: argparse.Namespace) -> int:
     built_at = int(time.time())
     if str(args.jsonl) != "-":
         # Validate the whole file first, so a bad line never leaves half an import behind.
-        for _ in _read_jsonl(args.jsonl, built_at):
-            pass
+        collections.deque(_read_jsonl(args.jsonl, built_at), maxlen=0)
     args.state.mkdir(mode=0o700, parents=True, exist_ok=True)
     with Store(args.state / "db") as store:
         log = store.open_log(key.public_key, own=True)

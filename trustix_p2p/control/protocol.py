@@ -69,7 +69,7 @@ class Submit:
 
 @attrs.frozen
 class StatusRequest:
-    pass
+    """Ask for the node's Status; it carries no fields."""
 
 
 @attrs.frozen

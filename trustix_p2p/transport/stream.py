@@ -95,12 +95,8 @@ class NoiseStream(trio.abc.HalfCloseableStream):
         handshake_timeout: float = math.inf,
         idle_timeout: float = math.inf,
     ) -> NoiseStream:
-        session = NoiseSession(Role.INITIATOR, identity, os.urandom(32), pinned=pinned)
-        return cls(
-            transport_stream,
-            session,
-            handshake_timeout=handshake_timeout,
-            idle_timeout=idle_timeout,
+        return cls._for_role(
+            Role.INITIATOR, transport_stream, identity, pinned, handshake_timeout, idle_timeout
         )
 
     @classmethod
@@ -113,7 +109,21 @@ class NoiseStream(trio.abc.HalfCloseableStream):
         handshake_timeout: float = math.inf,
         idle_timeout: float = math.inf,
     ) -> NoiseStream:
-        session = NoiseSession(Role.RESPONDER, identity, os.urandom(32), pinned=pinned)
+        return cls._for_role(
+            Role.RESPONDER, transport_stream, identity, pinned, handshake_timeout, idle_timeout
+        )
+
+    @classmethod
+    def _for_role(
+        cls,
+        role: Role,
+        transport_stream: trio.abc.Stream,
+        identity: LocalIdentity,
+        pinned: PublicKey | None,
+        handshake_timeout: float,
+        idle_timeout: float,
+    ) -> NoiseStream:
+        session = NoiseSession(role, identity, os.urandom(32), pinned=pinned)
         return cls(
             transport_stream,
             session,
