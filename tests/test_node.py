@@ -138,9 +138,9 @@ async def test_spooled_entries_are_ingested_exactly_once(tmp_path: Path) -> None
         await n.ready.wait()
         assert n.own_log is not None and n.own_log.size == 3
         write_spool(config.spool_path, [f.leaf(4), f.leaf(1)])  # arrives while running
-        with trio.fail_after(5):
-            while n.own_log.size < 4:
-                await trio.sleep(0.01)
+        # Wait for exactly what is asserted below: the spool emptied (not merely the log grown).
+        with trio.fail_after(30):
+            await n.wait_until(lambda: pending_spool_files(config.spool_path) == [])
         nursery.cancel_scope.cancel()
     n.close()
     assert pending_spool_files(config.spool_path) == []

@@ -55,6 +55,13 @@ class StoreCorruptError(StoreError):
     """The on-disk store disagrees with itself or with its signed checkpoint."""
 
 
+class StoreWriteError(StoreError):
+    """A durable write failed (disk full, file size limit, I/O error); nothing of it counts.
+
+    Not a verdict on the store's contents: the node answers "unavailable" and retries later.
+    """
+
+
 class NixStoreError(StoreError):
     """A Nix store path, `.drv` file or the Nix store database cannot be read or queried."""
 

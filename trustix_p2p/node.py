@@ -8,11 +8,17 @@ only mirrored logs (a witness/relay).
 
 Ordering guarantees, which the crash tests pin down:
 - a submission is acknowledged only after the write batch holding it was written with sync=True;
-- a checkpoint is signed only over entries already durable, and stored in its own sync batch
-  after its root was recomputed from the stored nodes; so a signed checkpoint never refers to
-  data that is not on disk, and every acknowledged entry survives kill -9;
-- on start the stored tree is checked against the last checkpoint; a disagreement stops the
-  node (StoreCorruptError) rather than let it sign a second, inconsistent history.
+- a checkpoint is signed only over entries already durable and re-read (`OwnLog.sign`), written
+  to the checkpoint file outside LevelDB and then stored; so a signed checkpoint never refers
+  to data that is not on disk, and every acknowledged entry survives kill -9;
+- on start the stored tree is checked against the last checkpoint and the checkpoint file; a
+  disagreement stops the node (StoreCorruptError) rather than let it sign a second history.
+
+Faults: a failed write (disk full, file size limit) is an "unavailable" reply to the
+submissions in that batch (the post-build hook then spools them), nothing of it acknowledged;
+the node stays up and reopens the store before the next write.  Damage found in the store stops
+the node with one line.  The state, spool and socket directories must not be writable by
+others (a local user could otherwise forge spool files or replace the control socket).
 
 The control socket is created mode 0600 (owner-only) and is the only way to submit: no remote
 peer can append to a log.
@@ -20,13 +26,12 @@ peer can append to a log.
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import math
 import os
 import signal
-import socket as stdlib_socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -34,24 +39,38 @@ import trio
 
 from trustix_p2p.config import NodeConfig
 from trustix_p2p.control import protocol
-from trustix_p2p.core.checkpoint import Checkpoint, SignedCheckpoint, origin_for, sign_checkpoint
+from trustix_p2p.control.server import serve_control
+from trustix_p2p.core.checkpoint import SignedCheckpoint
 from trustix_p2p.core.entry import decode_entry
 from trustix_p2p.core.keys import PrivateKey
 from trustix_p2p.errors import (
     ConfigError,
     DecodeError,
+    NodeUnavailableError,
     RemoteProtocolError,
+    StoreCorruptError,
+    StoreError,
+    StoreWriteError,
     TrustixError,
 )
 from trustix_p2p.keyfile import load_key_file
-from trustix_p2p.spool import pending_spool_files, read_spool, reject_spool, remove_spool
+from trustix_p2p.ownlog import OwnLog
+from trustix_p2p.spool import (
+    SpoolFileUnusable,
+    SpoolFileVanished,
+    pending_spool_files,
+    read_spool,
+    reject_spool,
+    remove_spool,
+)
+from trustix_p2p.statedir import prepare_directories
 from trustix_p2p.storage import LeafRecord, LogStore, Store
 from trustix_p2p.transport import serve_noise
 
 log = logging.getLogger("trustix_p2p.node")
 
-MAX_CONTROL_CONNECTIONS = 64
-CONTROL_IDLE_TIMEOUT = 60.0
+#: Seconds between attempts to reopen a store after a failed write.
+REOPEN_INTERVAL = 1.0
 
 
 @attrs.define(eq=False)
@@ -62,6 +81,7 @@ class _Pending:
     done: trio.Event = attrs.field(factory=trio.Event)
     indices: list[int] | None = None
     error: str | None = None
+    unavailable: bool = False
 
 
 @attrs.define(eq=False)
@@ -71,7 +91,7 @@ class Node:
     config: NodeConfig
     store: Store
     key: PrivateKey | None
-    own_log: LogStore | None
+    own: OwnLog | None
     clock: Callable[[], float] = time.time
     _send: trio.MemorySendChannel[_Pending] = attrs.field(init=False)
     _recv: trio.MemoryReceiveChannel[_Pending] = attrs.field(init=False)
@@ -79,6 +99,12 @@ class Node:
     ready: trio.Event = attrs.field(init=False, factory=trio.Event)
     # The Noise listener's bound addresses (`listen` may ask for port 0).
     listening: tuple[str, ...] = attrs.field(init=False, default=())
+    # Set and replaced whenever the node's state changes (see `wait_until`).
+    _changed: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _last_reopen: float = attrs.field(init=False, default=-math.inf)
+    # Spool entries that could be neither read nor moved aside: logged once, then skipped.
+    _spool_skipped: set[tuple[str, int, int]] = attrs.field(init=False, factory=set)
+    spool_ingested: int = attrs.field(init=False, default=0)
 
     def __attrs_post_init__(self) -> None:
         self._send, self._recv = trio.open_memory_channel[_Pending](1024)
@@ -86,24 +112,42 @@ class Node:
     @classmethod
     def open(cls, config: NodeConfig, clock: Callable[[], float] = time.time) -> Node:
         """Open the store and the own log, refusing to start on a store that disagrees."""
-        config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        prepare_directories(config)
         key = load_key_file(config.key_file) if config.key_file is not None else None
         store = Store(config.db_path)
         try:
-            own = store.open_log(key.public_key, own=True) if key is not None else None
+            own = OwnLog.open(store, key, config.state_dir) if key is not None else None
         except BaseException:
             store.close()
             raise
         return cls(config, store, key, own, clock)
 
+    @property
+    def own_log(self) -> LogStore | None:
+        return self.own.log if self.own is not None else None
+
     def close(self) -> None:
         self.store.close()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Wait until `predicate()` holds; it is re-checked whenever the node's state changes
+        (entries appended, a checkpoint signed, a spool file handled)."""
+        while not predicate():
+            await self._changed.wait()
 
     # -- the writer: group commit --------------------------------------------------------
 
     async def submit(self, leaves: tuple[bytes, ...]) -> list[int]:
-        """Queue leaves for the own log and wait until they are durable."""
-        if self.own_log is None:
+        """Queue leaves for the own log and wait until they are durable.
+
+        RemoteProtocolError: the leaves were refused.  NodeUnavailableError: the store could
+        not take them now (a failed write); nothing was logged, retry later.
+        """
+        if self.own is None:
             raise ConfigError("this node has no key_file, so it keeps no log to submit to")
         if len(leaves) > self.config.max_submit_batch:
             raise RemoteProtocolError(
@@ -113,13 +157,37 @@ class Node:
         await self._send.send(pending)
         await pending.done.wait()
         if pending.error is not None:
+            if pending.unavailable:
+                raise NodeUnavailableError(pending.error)
             raise RemoteProtocolError(pending.error)
         assert pending.indices is not None
         return pending.indices
 
+    async def _ensure_writable(self) -> None:
+        """Reopen the store after a failed write (at most every REOPEN_INTERVAL seconds)."""
+        if self.store.broken is None:
+            return
+        now = trio.current_time()
+        if now - self._last_reopen < REOPEN_INTERVAL:
+            raise self.store.broken
+        self._last_reopen = now
+        log.info("reopening the store after a failed write")
+        await trio.to_thread.run_sync(self._reopen)
+        log.info("store reopened; writes resume")
+
+    def _reopen(self) -> None:
+        try:
+            self.store.reopen()
+        except StoreCorruptError:
+            raise
+        except StoreError as exc:
+            raise StoreWriteError(f"reopening the store failed: {exc}") from exc
+        if self.own is not None:
+            self.own.check()
+
     async def _writer(self) -> None:
-        assert self.own_log is not None
-        own = self.own_log
+        assert self.own is not None
+        own = self.own
         async for first in self._recv:
             batch = [first]
             count = len(first.leaves)
@@ -146,11 +214,13 @@ class Node:
             all_records = [r for _, records in accepted for r in records]
             async with self._write_lock:
                 try:
+                    await self._ensure_writable()
                     indices = await trio.to_thread.run_sync(own.append, all_records)
-                except TrustixError as exc:
-                    log.error("append failed: %s", exc)
+                except StoreWriteError as exc:
+                    log.error("cannot store submitted entries (will retry): %s", exc)
                     for item, _ in accepted:
-                        item.error = f"node could not store the entries: {exc}"
+                        item.error = f"the node cannot store entries now ({exc}); retry later"
+                        item.unavailable = True
                         item.done.set()
                     continue
             pos = 0
@@ -158,29 +228,27 @@ class Node:
                 item.indices = indices[pos : pos + len(records)]
                 pos += len(records)
                 item.done.set()
+            self._notify()
 
     # -- checkpoints -----------------------------------------------------------------------
 
     async def sign_checkpoint_now(self) -> SignedCheckpoint | None:
         """Sign a checkpoint over every durable entry if the log grew since the last one."""
-        if self.own_log is None or self.key is None:
+        if self.own is None:
             return None
-        own, key = self.own_log, self.key
+        own = self.own
         async with self._write_lock:
-            previous = own.checkpoint()
-            size = own.size
-            if previous is not None and previous.checkpoint.size == size:
+            previous = own.log.checkpoint()
+            try:
+                await self._ensure_writable()
+                signed = await trio.to_thread.run_sync(own.sign, int(self.clock()))
+            except StoreWriteError as exc:
+                log.error("cannot store a new checkpoint (will retry): %s", exc)
                 return previous
-            if previous is None and size == 0:
-                return None
-            now = int(self.clock())
-            if previous is not None:
-                now = max(now, previous.checkpoint.time)
-            cp = Checkpoint(origin_for(own.log_id), size, own.frontier().root(), now)
-            signed = sign_checkpoint(cp, key)
-            await trio.to_thread.run_sync(own.set_checkpoint, signed)
-            log.info("signed checkpoint: size %d", size)
-            return signed
+        if signed is not None and signed is not previous:
+            log.info("signed checkpoint: size %d", signed.checkpoint.size)
+            self._notify()
+        return signed
 
     async def _checkpointer(self) -> None:
         while True:
@@ -189,21 +257,82 @@ class Node:
 
     # -- spool -----------------------------------------------------------------------------
 
+    def _skip_once(self, path: Path, why: str) -> None:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return
+        ident = (path.name, st.st_ino, st.st_mtime_ns)
+        if ident not in self._spool_skipped:
+            if len(self._spool_skipped) > 10_000:
+                self._spool_skipped.clear()
+            self._spool_skipped.add(ident)
+            log.error("skipping spool entry %r: %s (cannot move it aside)", path.name, why)
+
+    def _is_skipped(self, path: Path) -> bool:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return True
+        return (path.name, st.st_ino, st.st_mtime_ns) in self._spool_skipped
+
+    def _set_aside(self, path: Path, why: str) -> None:
+        target = reject_spool(path)
+        if target is None:
+            self._skip_once(path, why)
+        else:
+            log.error("moved spool entry %r aside to %s: %s", path.name, target, why)
+
     async def ingest_spool(self) -> int:
-        """Submit every pending spool file, deleting each once its leaves are durable."""
-        if self.own_log is None:
+        """Submit every pending spool file, deleting each once all its valid leaves are durable.
+
+        A file that is not a regular file of ours, or not a valid spool file, is moved aside
+        (or, if even that fails, skipped with one log line).  A file's leaves go in chunks of
+        `max_submit_batch`; invalid leaves are kept (the file is moved aside after its valid
+        leaves are logged).  When the store cannot take writes the file stays for next time.
+        """
+        if self.own is None:
+            return 0
+        try:
+            paths = pending_spool_files(self.config.spool_path)
+        except SpoolFileUnusable as exc:
+            log.error("cannot read the spool directory: %s", exc)
             return 0
         ingested = 0
-        for path in pending_spool_files(self.config.spool_path):
-            try:
-                leaves = read_spool(path)
-                await self.submit(tuple(leaves))
-            except (DecodeError, RemoteProtocolError) as exc:
-                target = reject_spool(path)
-                log.error("rejected spool file %s (kept as %s): %s", path.name, target, exc)
+        for path in paths:
+            if self._is_skipped(path):
                 continue
-            remove_spool(path)
-            ingested += len(leaves)
+            try:
+                leaves = await trio.to_thread.run_sync(read_spool, path)
+            except SpoolFileVanished:
+                continue
+            except DecodeError as exc:
+                self._set_aside(path, str(exc))
+                self._notify()
+                continue
+            valid: list[bytes] = []
+            invalid = 0
+            for leaf in leaves:
+                try:
+                    decode_entry(leaf)
+                except DecodeError:
+                    invalid += 1
+                else:
+                    valid.append(leaf)
+            step = self.config.max_submit_batch
+            try:
+                for start in range(0, len(valid), step):
+                    await self.submit(tuple(valid[start : start + step]))
+            except NodeUnavailableError as exc:
+                log.warning("spool file %r kept for later: %s", path.name, exc)
+                return ingested
+            ingested += len(valid)
+            self.spool_ingested += len(valid)
+            if invalid:
+                self._set_aside(path, f"{invalid} invalid entries (its {len(valid)} valid logged)")
+            else:
+                remove_spool(path)
+            self._notify()
         if ingested:
             log.info("ingested %d spooled entries", ingested)
         return ingested
@@ -218,13 +347,17 @@ class Node:
     def status(self) -> protocol.Status:
         own = self.own_log
         cp = own.checkpoint() if own is not None else None
+        try:
+            spooled = len(pending_spool_files(self.config.spool_path))
+        except SpoolFileUnusable:
+            spooled = 0
         return protocol.Status(
             public_key=self.key.public_key.raw if self.key is not None else None,
             log_id=own.log_id if own is not None else None,
             size=own.size if own is not None else 0,
             checkpoint_size=cp.checkpoint.size if cp is not None else 0,
             checkpoint_time=cp.checkpoint.time if cp is not None else 0,
-            spool_pending=len(pending_spool_files(self.config.spool_path)),
+            spool_pending=spooled,
             logs=len(self.store.log_ids()),
             listen=self.listening or tuple(self.config.listen),
         )
@@ -260,77 +393,56 @@ class Node:
                 case protocol.LookupRequest(out_path):
                     hits = self.lookup(out_path)
                     return protocol.encode_ok([protocol.hit_to_wire(h) for h in hits])
+        except NodeUnavailableError as exc:
+            return protocol.encode_unavailable(str(exc))
         except TrustixError as exc:
             return protocol.encode_error(str(exc))
         raise AssertionError(f"unhandled request {request!r}")
 
-    async def _serve_control_connection(self, stream: trio.SocketStream) -> None:
-        reader = _FrameReader(stream)
-        async with stream:
-            while True:
-                with trio.move_on_after(CONTROL_IDLE_TIMEOUT) as idle:
-                    try:
-                        data = await reader.read_frame()
-                    except RemoteProtocolError as exc:
-                        log.warning("control connection: %s", exc)
-                        with contextlib.suppress(trio.BrokenResourceError):
-                            await stream.send_all(protocol.encode_error(str(exc)))
-                        return
-                if idle.cancelled_caught or data is None:
-                    return
-                try:
-                    request = protocol.decode_request(data)
-                except DecodeError as exc:
-                    with contextlib.suppress(trio.BrokenResourceError):
-                        await stream.send_all(protocol.encode_error(str(exc)))
-                    return
-                reply = await self._answer(request)
-                try:
-                    await stream.send_all(reply)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return
-
-    async def _control_server(self, task_status: trio.TaskStatus[None]) -> None:
-        path = self.config.socket_path
-        async with _unix_listener(path) as listener:
-            limiter = trio.CapacityLimiter(MAX_CONTROL_CONNECTIONS)
-
-            async def handler(stream: trio.SocketStream) -> None:
-                async with limiter:
-                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                        await self._serve_control_connection(stream)
-
-            task_status.started()
-            await trio.serve_listeners(handler, [listener])
-
     # -- lifecycle -------------------------------------------------------------------------
 
     async def run(self, *, install_signal_handlers: bool = True) -> None:
-        """Run until cancelled or until SIGTERM/SIGINT; sign a final checkpoint on the way out."""
+        """Run until cancelled or until SIGTERM/SIGINT; sign a final checkpoint on the way out.
+
+        A TrustixError that stops the node (a listen address that cannot be bound, damage
+        found in the store) is raised as itself, not inside an exception group.
+        """
         try:
             async with trio.open_nursery() as nursery:
-                if self.own_log is not None:
+                if self.own is not None:
                     nursery.start_soon(self._writer)
                     await self.ingest_spool()
                     nursery.start_soon(self._checkpointer)
                     nursery.start_soon(self._spool_loop)
                 if self.key is not None and self.config.listen:
-                    bound = await nursery.start(serve_noise, list(self.config.listen), self.key)
+                    try:
+                        bound = await nursery.start(serve_noise, list(self.config.listen), self.key)
+                    except OSError as exc:
+                        raise ConfigError(
+                            f"listen: cannot listen on {', '.join(self.config.listen)}: "
+                            f"{exc.strerror or exc}"
+                        ) from exc
                     self.listening = tuple(bound)
                 # Last: once the control socket answers, everything it reports is running.
-                await nursery.start(self._control_server)
+                await nursery.start(serve_control, self.config.socket_path, self._answer)
                 if install_signal_handlers:
                     nursery.start_soon(self._watch_signals, nursery.cancel_scope)
                 log.info(
                     "node ready: control socket %s, peers on %s%s",
                     self.config.socket_path,
                     ", ".join(self.listening) or "nothing (no key_file)",
-                    f", log {self.own_log.log_id.hex()}" if self.own_log is not None else "",
+                    f", log {self.own.log_id.hex()}" if self.own is not None else "",
                 )
                 self.ready.set()
+        except BaseExceptionGroup as group:
+            _raise_first_trustix_error(group)
+            raise
         finally:
             with trio.CancelScope(shield=True):
-                await self.sign_checkpoint_now()
+                try:
+                    await self.sign_checkpoint_now()
+                except StoreError as exc:
+                    log.error("no final checkpoint: %s", exc)
 
     async def _watch_signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -340,63 +452,13 @@ class Node:
                 return
 
 
-class _FrameReader:
-    """Reads length-prefixed control frames from a stream, never buffering past one frame."""
-
-    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
-        self._stream = stream
-        self._buf = bytearray()
-
-    async def _fill(self, n: int) -> bool:
-        while len(self._buf) < n:
-            chunk = await self._stream.receive_some(min(1 << 20, n - len(self._buf)))
-            if not chunk:
-                if self._buf:
-                    raise RemoteProtocolError("control connection closed mid-message")
-                return False
-            self._buf += chunk
-        return True
-
-    async def read_frame(self) -> bytes | None:
-        if not await self._fill(4):
-            return None
-        n = protocol.frame_length(bytes(self._buf[:4]))
-        del self._buf[:4]
-        if not await self._fill(n):
-            raise RemoteProtocolError("control connection closed mid-message")
-        data = bytes(self._buf[:n])
-        del self._buf[:n]
-        return data
-
-
-@contextlib.asynccontextmanager
-async def _unix_listener(path: Path) -> AsyncIterator[trio.SocketListener]:
-    """A Unix listening socket at `path`, mode 0600 from the moment it exists."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.exists() or path.is_symlink():
-        probe = stdlib_socket.socket(stdlib_socket.AF_UNIX)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            path.unlink()  # stale socket of a node that is gone
-        else:
-            raise ConfigError(f"another node is already listening on {path}")
-        finally:
-            probe.close()
-    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)  # no window in which the socket is group/world accessible
-    try:
-        await sock.bind(str(path))
-    finally:
-        os.umask(old_umask)
-    os.chmod(path, 0o600)
-    sock.listen(64)
-    try:
-        yield trio.SocketListener(sock)
-    finally:
-        sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+def _raise_first_trustix_error(group: BaseExceptionGroup[BaseException]) -> None:
+    """Raise the first TrustixError in `group` (depth first) as itself, if there is one."""
+    for exc in group.exceptions:
+        if isinstance(exc, TrustixError):
+            raise exc
+        if isinstance(exc, BaseExceptionGroup):
+            _raise_first_trustix_error(exc)
 
 
 async def run_node(config: NodeConfig) -> None:

@@ -42,6 +42,17 @@ tree from its leaves except `verify`, which exists to do exactly that.  Writes t
 them) go in one write batch written with sync=True, so an acknowledged append survives a crash
 and a stored checkpoint never refers to data that is not on disk.
 
+Integrity: the database is opened with LevelDB's paranoid checks and every read verifies the
+block checksums, so a flipped bit in a table file is a `StoreCorruptError`, never a wrong leaf
+or hash; a served leaf is also checked against its stored leaf hash.  `check_range` re-reads
+stored records and recomputes their hashes (start-up and every new own checkpoint use it for the
+entries that checkpoint adds).  A database is created only where none exists: next to the
+database directory a marker (`<db>.created`) is written when it is made, and a store whose
+marker exists, or whose directory holds any file, is never created anew (a missing LevelDB
+`CURRENT` would otherwise make LevelDB start an empty database over the old tables).  A failed
+write (disk full, file size limit, I/O error) raises `StoreWriteError` with nothing of the batch
+acknowledged; the store then refuses writes until `reopen()` has recovered it from its log.
+
 This module must never sign anything, read a clock, or accept a checkpoint whose root it has not
 recomputed from its own stored nodes.
 """
@@ -69,6 +80,7 @@ from trustix_p2p.errors import (
     LocalProtocolError,
     StoreCorruptError,
     StoreError,
+    StoreWriteError,
     TrustixError,
     VerificationError,
 )
@@ -92,7 +104,11 @@ DB_OPTIONS: dict[str, Any] = {
     "max_file_size": 32 << 20,
     "lru_cache_size": 64 << 20,
     "compression": None,
+    # Detect damage instead of serving it: a corrupt block fails the read that meets it.
+    "paranoid_checks": True,
 }
+#: Written next to the database directory when the database is created (see the docstring).
+MARKER_SUFFIX = ".created"
 
 
 def _completed_levels(index: int) -> int:
@@ -146,36 +162,192 @@ class VerifyReport:
         return not self.problems
 
 
+class Database:
+    """The plyvel database, with checksummed reads and plyvel's errors turned into ours.
+
+    Every read verifies LevelDB's block checksums.  Reads raise `StoreCorruptError` on damage
+    and `StoreError` otherwise; `write` raises `StoreWriteError`.
+    """
+
+    __slots__ = ("_db", "path")
+
+    def __init__(self, db: Any, path: Path) -> None:
+        self._db = db
+        self.path = path
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._db.closed)
+
+    def close(self) -> None:
+        if not self._db.closed:
+            self._db.close()
+
+    def _read_error(self, exc: Exception) -> StoreError:
+        if isinstance(exc, plyvel.CorruptionError):
+            return StoreCorruptError(f"the store at {self.path} is damaged: {_plyvel_message(exc)}")
+        return StoreError(f"cannot read the store at {self.path}: {_plyvel_message(exc)}")
+
+    def get(self, key: bytes) -> bytes | None:
+        try:
+            value: bytes | None = self._db.get(key, verify_checksums=True)
+        except (plyvel.Error, RuntimeError) as exc:
+            raise self._read_error(exc) from exc
+        return value
+
+    def iterator(self, **kwargs: Any) -> Iterator[Any]:
+        try:
+            it = self._db.iterator(verify_checksums=True, **kwargs)
+            yield from it
+        except (plyvel.Error, RuntimeError) as exc:
+            raise self._read_error(exc) from exc
+
+    def write_batch(self) -> Any:
+        """A new write batch; hand it to `write` (durable: sync=True)."""
+        return self._db.write_batch(sync=True)
+
+    def write(self, batch: Any) -> None:
+        try:
+            batch.write()
+        except (plyvel.Error, RuntimeError) as exc:
+            raise StoreWriteError(
+                f"writing to the store at {self.path} failed: {_plyvel_message(exc)}"
+            ) from exc
+
+    def put(self, key: bytes, value: bytes) -> None:
+        batch = self.write_batch()
+        batch.put(key, value)
+        self.write(batch)
+
+    def delete(self, key: bytes) -> None:
+        batch = self.write_batch()
+        batch.delete(key)
+        self.write(batch)
+
+    def compact(self) -> None:
+        """Compact everything into table files (tests and maintenance)."""
+        self._db.compact_range()
+
+
+def _plyvel_message(exc: Exception) -> str:
+    text = exc.args[0] if exc.args else str(exc)
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return str(text)
+
+
+def _open_leveldb(path: Path, create: bool) -> Any:
+    try:
+        return plyvel.DB(str(path), create_if_missing=create, **DB_OPTIONS)
+    except plyvel.CorruptionError as exc:
+        raise StoreCorruptError(
+            f"the store at {path} is damaged: {_plyvel_message(exc)}; move it aside and restore "
+            "the state directory from a backup (or re-sync mirrored logs from peers)"
+        ) from exc
+    except plyvel.Error as exc:
+        message = _plyvel_message(exc)
+        lowered = message.lower()
+        if "lock" in lowered and ("unavailable" in lowered or "already held" in lowered):
+            hint = " (is a node still running on it?)"
+        elif "permission denied" in lowered:
+            hint = f" (permission denied: can this user, uid {os.geteuid()}, write it?)"
+        elif "does not exist" in lowered:
+            hint = (
+                ": its LevelDB CURRENT file is missing, so the database cannot be found; nothing "
+                "was changed. Restore CURRENT (it names the MANIFEST-* file in that directory) "
+                "or the whole directory from a backup"
+            )
+        else:
+            hint = ""
+        raise StoreError(f"cannot open the store at {path}: {message}{hint}") from exc
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class Store:
-    """One LevelDB database holding every log a node keeps."""
+    """One LevelDB database holding every log a node keeps.
+
+    `create=True` creates the database only if there is none yet: no marker and no files in
+    its directory.  An existing store is always opened as it is, never recreated.
+    """
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
         self.path = Path(path)
-        if not create and not self.path.is_dir():
-            raise StoreError(f"no store at {self.path} (is this a node's state directory?)")
-        if create:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:
-            self.db: Any = plyvel.DB(
-                str(self.path),
-                create_if_missing=create,
-                **DB_OPTIONS,
-            )
-        except plyvel.IOError as exc:
-            hint = " (is a node still running on it?)" if "lock" in str(exc).lower() else ""
-            raise StoreError(f"cannot open the store at {self.path}: {exc}{hint}") from exc
-        except plyvel.Error as exc:
-            raise StoreCorruptError(f"the store at {self.path} is unreadable: {exc}") from exc
-        schema = self.db.get(_SCHEMA_KEY)
-        if schema is None:
-            self.db.put(_SCHEMA_KEY, _SCHEMA_VERSION, sync=True)
-        elif schema != _SCHEMA_VERSION:
-            self.db.close()
-            raise StoreError(
-                f"the store at {self.path} has schema {schema!r}; this version of trustix-p2p "
-                f"reads schema {_SCHEMA_VERSION!r} only"
-            )
+        self.marker = self.path.with_name(self.path.name + MARKER_SUFFIX)
+        self._create_allowed = create
+        self.broken: StoreWriteError | None = None
+        self.db = self._open()
         self._logs: dict[bytes, LogStore] = {}
+
+    def _open(self) -> Database:
+        path = self.path
+        try:
+            existing = os.listdir(path)
+        except FileNotFoundError:
+            existing = None
+        except NotADirectoryError as exc:
+            raise StoreError(f"the store path {path} is not a directory") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot read the store directory {path}: {exc.strerror}") from exc
+        has_marker = self.marker.exists()
+        new = not existing and not has_marker
+        if new and not self._create_allowed:
+            raise StoreError(f"no store at {path} (is this a node's state directory?)")
+        if not new and existing is None:
+            raise StoreError(
+                f"the store at {path} is gone, but {self.marker} says one was created there: "
+                "restore the directory from a backup; a new, empty log would not extend the "
+                "checkpoints this node already signed"
+            )
+        if new:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        db = Database(_open_leveldb(path, create=new), path)
+        try:
+            schema = db.get(_SCHEMA_KEY)
+            if schema is None:
+                if not new:
+                    raise StoreCorruptError(
+                        f"the store at {path} has no schema record: it is not a trustix-p2p "
+                        "store, or it lost its data"
+                    )
+                db.put(_SCHEMA_KEY, _SCHEMA_VERSION)
+            elif schema != _SCHEMA_VERSION:
+                raise StoreError(
+                    f"the store at {path} has schema {schema!r}; this version of trustix-p2p "
+                    f"reads schema {_SCHEMA_VERSION!r} only"
+                )
+            if not has_marker:
+                self._write_marker()
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _write_marker(self) -> None:
+        fd = os.open(self.marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"trustix-p2p store " + _SCHEMA_VERSION + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(self.marker.parent)
+
+    def reopen(self) -> None:
+        """Close and reopen the database after a failed write (LevelDB recovers from its log).
+
+        Every log object stays valid; their in-memory state is rebuilt from the store.
+        """
+        self.db.close()
+        self.db = self._open()  # on failure: closed, still broken; try again later
+        for log in self._logs.values():
+            log.reset()
+        self.broken = None
 
     def close(self) -> None:
         if not self.db.closed:
@@ -186,6 +358,16 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def write(self, batch: Any) -> None:
+        """Write a batch durably; after a failure every write fails until `reopen()`."""
+        if self.broken is not None:
+            raise StoreWriteError(f"the store is not writable until it is reopened: {self.broken}")
+        try:
+            self.db.write(batch)
+        except StoreWriteError as exc:
+            self.broken = exc
+            raise
 
     def log_ids(self) -> list[bytes]:
         return [key[1:] for key, _ in self.db.iterator(prefix=b"I")]
@@ -219,10 +401,11 @@ class Store:
             nums = [_U32.unpack(v)[0] for _, v in self.db.iterator(prefix=b"I")]
             num = _U32.pack(max(nums, default=0) + 1)
             meta = msgpack.packb([log_id, public_key.raw, own], use_bin_type=True)
-            with self.db.write_batch(sync=True) as wb:
-                wb.put(b"I" + log_id, num)
-                wb.put(b"A" + num, meta)
-                wb.put(b"N" + num, _U64.pack(0))
+            wb = self.db.write_batch()
+            wb.put(b"I" + log_id, num)
+            wb.put(b"A" + num, meta)
+            wb.put(b"N" + num, _U64.pack(0))
+            self.write(wb)
         log = self.log(log_id)
         if own and not log.own:
             raise StoreError(f"log {log_id.hex()} is stored as a mirrored log, not this node's own")
@@ -342,10 +525,16 @@ class LogStore:
         return raw[level * _HS : (level + 1) * _HS]
 
     def leaf(self, index: int) -> bytes:
+        """The leaf bytes at `index`, checked against the leaf hash stored with them."""
         raw = self._record(index)
         if raw is None:
             raise StoreError(f"log {self.log_id.hex()} has no entry {index}")
-        return raw[(_completed_levels(index) + 1) * _HS :]
+        leaf = raw[(_completed_levels(index) + 1) * _HS :]
+        if hashlib.sha256(b"\x00" + leaf).digest() != raw[:_HS]:
+            raise StoreCorruptError(
+                f"log {self.log_id.hex()}: entry {index} does not match its stored leaf hash"
+            )
+        return leaf
 
     def leaves(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
         """Leaves [start, end) in order, as (index, leaf bytes)."""
@@ -457,7 +646,11 @@ class LogStore:
                 index_keys = [index_keys[i] for i in keep]
         else:
             indices = list(range(start_size, start_size + len(records)))
-        wb = self.db.write_batch(sync=True)
+        if self.store.broken is not None:
+            raise StoreWriteError(
+                f"the store is not writable until it is reopened: {self.store.broken}"
+            )
+        wb = self.db.write_batch()
         try:
             completed = frontier.extend_grouped(hashes)
             put = wb.put
@@ -486,7 +679,7 @@ class LogStore:
                 self._check_checkpoint(checkpoint, frontier.size, frontier.root())
                 self._put_checkpoint(wb, checkpoint)
             put(b"N" + self.num, pack(frontier.size))
-            wb.write()
+            self.store.write(wb)
         except BaseException:
             wb.clear()
             self._frontier = merkle.MerkleFrontier(start_size, edge_backup)
@@ -541,8 +734,9 @@ class LogStore:
         self._check_size(size)
         root = self.frontier().root() if size == self.size else self.root(size)
         self._check_checkpoint(checkpoint, size, root)
-        with self.db.write_batch(sync=True) as wb:
-            self._put_checkpoint(wb, checkpoint)
+        wb = self.db.write_batch()
+        self._put_checkpoint(wb, checkpoint)
+        self.store.write(wb)
         self._checkpoint = checkpoint
 
     def _check_checkpoint(self, signed: SignedCheckpoint, size: int, root: bytes) -> None:
@@ -567,30 +761,101 @@ class LogStore:
 
     # -- integrity -------------------------------------------------------------------------
 
+    def reset(self) -> None:
+        """Forget everything cached in memory (after the store was reopened)."""
+        self._frontier = None
+        self._checkpoint = None
+        self._node_cache.clear()
+        self._edge_cache.clear()
+        self._tile_block = -1
+        self._tile = None
+        self._tile_tail = None
+
     def check_against_checkpoint(self) -> None:
-        """Cheap start-up check: the stored nodes reproduce the latest checkpoint's root.
+        """Start-up check: the stored nodes reproduce the latest checkpoint's root, and every
+        entry stored after it re-hashes to the hashes stored with it (`check_range`).
 
         Raises StoreCorruptError so that a node refuses to serve (or sign) from a store that
         disagrees with what it already signed.  `verify` is the full, O(n) check.
         """
         size = self.size
         cp = self.checkpoint()
-        frontier = merkle.MerkleFrontier.restore(size, self.node)
+        start = 0
         if cp is not None:
-            if cp.checkpoint.size > size:
+            start = cp.checkpoint.size
+            if start > size:
                 raise StoreCorruptError(
-                    f"log {self.log_id.hex()}: checkpoint covers {cp.checkpoint.size} "
+                    f"log {self.log_id.hex()}: checkpoint covers {start} "
                     f"entries but only {size} are stored"
                 )
-            if self.root(cp.checkpoint.size) != cp.checkpoint.root:
+            if self.root(start) != cp.checkpoint.root:
                 raise StoreCorruptError(
                     f"log {self.log_id.hex()}: stored tree does not match its checkpoint "
-                    f"of size {cp.checkpoint.size}"
+                    f"of size {start}"
                 )
-        self._frontier = frontier
+        self._frontier = self.check_range(start, size)
+
+    def check_range(self, start: int, end: int) -> merkle.MerkleFrontier:
+        """Re-read entries [start, end) and recompute what is stored with them.
+
+        From the frontier of the first `start` leaves (read from the store), every leaf's
+        hash, every interior hash its record holds and every tile the range completes must
+        equal what is recomputed from the leaf bytes; StoreCorruptError otherwise.  Returns the
+        frontier at `end`.  A new checkpoint is signed only after its new entries pass this,
+        so a root that disagrees with the stored leaves is never signed.
+        """
+        self._node_cache.clear()
+        self._tile_block = -1
+        frontier = merkle.MerkleFrontier.restore(start, self.node)
+        block_start = start & ~(_TILE_WIDTH - 1)
+        tail = b"".join(
+            record[: (_completed_levels(index) + 1) * _HS]
+            for index, record in self._records(block_start, start)
+        )
+        sha = hashlib.sha256
+        step = 4096
+        log_hex = self.log_id.hex()
+        for lo in range(start, end, step):
+            hi = min(end, lo + step)
+            records = [record for _, record in self._records(lo, hi)]
+            if len(records) != hi - lo:
+                raise StoreCorruptError(f"log {log_hex}: entries of [{lo}, {hi}) are missing")
+            offsets = [(_completed_levels(i) + 1) * _HS for i in range(lo, hi)]
+            hashes = [sha(b"\x00" + r[o:]).digest() for r, o in zip(records, offsets, strict=True)]
+            completed = frontier.extend_grouped(hashes)
+            for pos, record in enumerate(records):
+                if record[: offsets[pos]] != hashes[pos] + completed[pos]:
+                    raise StoreCorruptError(
+                        f"log {log_hex}: entry {lo + pos} does not match the hashes stored with it"
+                    )
+                tail += record[: offsets[pos]]
+                index = lo + pos
+                if index & (_TILE_WIDTH - 1) == _TILE_WIDTH - 1:
+                    tile = self.db.get(self._prefix_t + _U64.pack(index >> _TILE_HEIGHT))
+                    if tile != tail[:_TILE_BYTES]:
+                        raise StoreCorruptError(
+                            f"log {log_hex}: hash tile {index >> _TILE_HEIGHT} is missing or wrong"
+                        )
+                    tail = b""
+        return frontier
 
     def verify(self) -> VerifyReport:
-        """Recompute everything from the leaves: hashes, nodes, indexes, every checkpoint."""
+        """Recompute everything from the leaves: hashes, nodes, indexes, every checkpoint.
+
+        Damage that stops the reading (a checksum that fails, a truncated table) is reported
+        as a problem like any other, never raised.
+        """
+        try:
+            return self._verify()
+        except StoreError as exc:
+            size: int | None
+            try:
+                size = self.size
+            except StoreError:
+                size = None
+            return VerifyReport(self.log_id, size or 0, None, (str(exc),))
+
+    def _verify(self) -> VerifyReport:
         problems: list[str] = []
         size = self.size
         frontier = merkle.MerkleFrontier()

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from trustix_p2p.core import merkle
-from trustix_p2p.core.checkpoint import Checkpoint, SignedCheckpoint, origin_for, sign_checkpoint
 from trustix_p2p.core.entry import encode_entry, entry_from_json
 from trustix_p2p.errors import DecodeError, LocalProtocolError, StoreError
 from trustix_p2p.keyfile import load_key_file
+from trustix_p2p.ownlog import OwnLog
+from trustix_p2p.statedir import make_private_dir
 from trustix_p2p.storage import LeafRecord, LogStore, Store
 
 MAX_JSONL_LINE = 1 << 20
@@ -80,46 +81,31 @@ def cmd_append(args: argparse.Namespace) -> int:
     if str(args.jsonl) != "-":
         # Validate the whole file first, so a bad line never leaves half an import behind.
         collections.deque(_read_jsonl(args.jsonl, built_at), maxlen=0)
-    args.state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private_dir("--state", args.state)
     with Store(args.state / "db") as store:
-        log = store.open_log(key.public_key, own=True)
-        origin = origin_for(log.log_id)
-        last_time = 0
-        previous = log.checkpoint()
-        if previous is not None:
-            last_time = previous.checkpoint.time
-
-        def sign(size: int, root: bytes) -> SignedCheckpoint:
-            nonlocal last_time
-            last_time = max(last_time, int(time.time()))
-            return sign_checkpoint(Checkpoint(origin, size, root, last_time), key)
-
-        appended = 0
+        # The same guard as the node's: refuses a store behind the last signed checkpoint.
+        own = OwnLog.open(store, key, args.state)
+        log = own.log
+        before = log.size
         batch: list[LeafRecord] = []
         for _, leaf, out_path in _read_jsonl(args.jsonl, built_at):
             batch.append(LeafRecord(leaf, out_path))
             if len(batch) >= args.batch:
-                appended += _count_new(log, batch, sign)
+                own.append(batch)
+                own.sign(int(time.time()))
                 batch = []
-        cp = log.checkpoint()
-        if batch or (log.size > 0 and (cp is None or cp.checkpoint.size != log.size)):
-            appended += _count_new(log, batch, sign)
-        cp = log.checkpoint()
+        if batch:
+            own.append(batch)
+        cp = own.sign(int(time.time()))
         _emit(
             {
                 "log_id": log.log_id.hex(),
-                "appended": appended,
+                "appended": log.size - before,
                 "size": log.size,
                 "root": _b64(cp.checkpoint.root) if cp else _b64(merkle.EMPTY_ROOT),
             }
         )
     return 0
-
-
-def _count_new(log: LogStore, batch: list[LeafRecord], sign: Any) -> int:
-    before = log.size
-    log.append(batch, sign=sign)
-    return log.size - before
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ import struct
 
 import msgpack
 
-from trustix_p2p.errors import DecodeError, RemoteProtocolError
+from trustix_p2p.errors import DecodeError, NodeUnavailableError, RemoteProtocolError
 
 # Not `from typing import TYPE_CHECKING`: importing typing adds milliseconds to the start of
 # the post-build hook, on every build.  Type checkers treat this name as true all the same.
@@ -86,12 +86,18 @@ def submit_request(leaves: list[bytes]) -> bytes:
 
 
 def decode_reply(data: bytes) -> Any:
-    """The payload of an ok reply; RemoteProtocolError carrying the node's message otherwise."""
+    """The payload of an ok reply.
+
+    RemoteProtocolError carries the node's message when it refused the request, and
+    NodeUnavailableError when it cannot take it now (the caller may retry or spool).
+    """
     msg = unpack(data)
     if msg[0] == "ok" and len(msg) == 2:
         return msg[1]
     if msg[0] == "error" and len(msg) == 2 and isinstance(msg[1], str):
         raise RemoteProtocolError(f"node refused the request: {msg[1]}")
+    if msg[0] == "unavailable" and len(msg) == 2 and isinstance(msg[1], str):
+        raise NodeUnavailableError(f"node cannot take the request now: {msg[1]}")
     raise DecodeError("malformed control reply")
 
 

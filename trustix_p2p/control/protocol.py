@@ -8,7 +8,9 @@ Requests:  ["submit", [leaf bytes, ...]]   -> ["ok", [index, ...]]
            ["status"]                      -> ["ok", Status fields...]
            ["checkpoint", log_id | nil]    -> ["ok", note bytes | nil]
            ["lookup", out_path]            -> ["ok", [LookupHit fields...], ...]
-Any request can instead be answered ["error", message].
+Any request can instead be answered ["error", message] (refused: do not retry as is) or
+["unavailable", message] (the node cannot take it now, e.g. after a failed write: retry later,
+or spool).
 
 The framing and the field checks live in the attrs-free `trustix_p2p.control.framing` (the
 post-build hook submits through it) and are re-exported here.  This module does no I/O.
@@ -51,6 +53,7 @@ __all__ = [
     "encode_error",
     "encode_ok",
     "encode_request",
+    "encode_unavailable",
     "frame",
     "frame_length",
     "hit_to_wire",
@@ -146,6 +149,10 @@ def encode_ok(payload: Any) -> bytes:
 
 def encode_error(message: str) -> bytes:
     return frame(["error", message[:4096]])
+
+
+def encode_unavailable(message: str) -> bytes:
+    return frame(["unavailable", message[:4096]])
 
 
 def status_to_wire(s: Status) -> list[Any]:

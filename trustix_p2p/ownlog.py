@@ -1,0 +1,186 @@
+"""The rules of a builder's own log: an honest builder never signs a history it did not extend.
+
+Once nodes cross-check each other's logs, a builder that signs a checkpoint which does not extend
+the one it signed before is publicly indistinguishable from a liar (DESIGN §4).  The store alone
+cannot prevent that: a lost tail of LevelDB's write-ahead log (a disk that lied about fsync), a
+restored snapshot or an operator's cleanup all leave a store that silently starts at an older
+size.  So the last signed checkpoint is also kept outside LevelDB, in the file
+`<state_dir>/signed-checkpoint` (the note exactly as signed), and these rules hold:
+
+- publishing: a new checkpoint is signed only over entries already durable in the store and only
+  after those entries were read back and re-hashed (`LogStore.check_range`); it is then written
+  to the checkpoint file (temporary file, fsync, rename, fsync of the directory) *before* it goes
+  into the store and out to anyone, so no checkpoint can be seen that the file does not know;
+- opening: the file's checkpoint must verify under the node's key, the store must hold at least
+  its size and reproduce its root; otherwise the log refuses to open (`StaleStoreError`), with a
+  message that says what was found and how to recover.  A checkpoint the file has but the store
+  lacks (a crash between the two writes) is stored again; a missing file is recreated from the
+  store's own checkpoint (a store written before this file existed).
+
+The same rules run for the node and for `trustix-p2p log append` on a stopped node.  This module
+reads and writes only the checkpoint file; time comes in as an argument.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+
+from trustix_p2p.core.checkpoint import Checkpoint, SignedCheckpoint, origin_for, sign_checkpoint
+from trustix_p2p.core.checkpoint import verify_checkpoint as verify_note
+from trustix_p2p.core.keys import PrivateKey
+from trustix_p2p.errors import DecodeError, StoreCorruptError, StoreError, VerificationError
+from trustix_p2p.storage import LeafRecord, LogStore, Store
+
+__all__ = ["CHECKPOINT_FILE", "OwnLog", "StaleStoreError", "read_checkpoint_file"]
+
+CHECKPOINT_FILE = "signed-checkpoint"
+_MAX_NOTE = 64 * 1024
+
+
+class StaleStoreError(StoreCorruptError):
+    """The store is behind, or disagrees with, the last checkpoint this builder signed."""
+
+
+def read_checkpoint_file(path: Path) -> bytes | None:
+    """The note in the checkpoint file, or None if there is none."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreError(f"cannot read the checkpoint file {path}: {exc.strerror}") from exc
+    try:
+        data = os.read(fd, _MAX_NOTE + 1)
+    finally:
+        os.close(fd)
+    if len(data) > _MAX_NOTE:
+        raise StaleStoreError(f"the checkpoint file {path} is larger than any checkpoint")
+    return data
+
+
+def _write_checkpoint_file(path: Path, note: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(note)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+@attrs.define(eq=False)
+class OwnLog:
+    """A builder's own log: its store, its key and its checkpoint file."""
+
+    log: LogStore
+    key: PrivateKey
+    checkpoint_file: Path
+
+    @classmethod
+    def open(cls, store: Store, key: PrivateKey, state_dir: Path) -> OwnLog:
+        """Open (or create) the own log and check it against the last signed checkpoint."""
+        log = store.open_log(key.public_key, own=True)
+        own = cls(log, key, state_dir / CHECKPOINT_FILE)
+        own.check()
+        return own
+
+    @property
+    def log_id(self) -> bytes:
+        return self.log.log_id
+
+    def check(self) -> None:
+        """Refuse a store that does not hold what this builder last signed (see the module)."""
+        path = self.checkpoint_file
+        note = read_checkpoint_file(path)
+        stored = self.log.checkpoint()
+        if note is None:
+            if stored is not None:
+                _write_checkpoint_file(path, stored.note)
+            return
+        try:
+            signed = verify_note(note, self.key.public_key)
+        except (DecodeError, VerificationError) as exc:
+            raise StaleStoreError(
+                f"the checkpoint file {path} is not a checkpoint of this node's log (damaged, "
+                "or from another key): compare it with what peers hold for this log before "
+                "removing it"
+            ) from exc
+        cp = signed.checkpoint
+        size = self.log.size
+        recover = (
+            "Restore the state directory from a backup taken after that checkpoint (or copy "
+            "the log back from a node that mirrors it); starting from this store would sign a "
+            "second history for the same key."
+        )
+        if size < cp.size:
+            raise StaleStoreError(
+                f"this node last signed a checkpoint of size {cp.size} (in {path}), but its "
+                f"store holds only {size} entries: the store lost data (a lost write-ahead log "
+                f"tail, a restored snapshot, a cleanup). {recover}"
+            )
+        if self.log.root(cp.size) != cp.root:
+            raise StaleStoreError(
+                f"the store's tree of size {cp.size} does not match the checkpoint this node "
+                f"signed (in {path}): the store holds another history. {recover}"
+            )
+        if stored is None or stored.checkpoint.size < cp.size:
+            # Signed and written to the file, but the store's copy was lost: store it again.
+            self.log.set_checkpoint(signed)
+        elif stored.checkpoint.size > cp.size or stored.note != note:
+            if stored.checkpoint.size == cp.size:
+                raise StaleStoreError(
+                    f"the store's latest checkpoint differs from the one in {path} at the same "
+                    "size; one of them was not written by this node"
+                )
+            # Newer in the store than in the file: only an old copy of the file does that.
+            raise StaleStoreError(
+                f"the store holds a checkpoint of size {stored.checkpoint.size} but {path} "
+                f"names size {cp.size}: the checkpoint file is older than the store (restored "
+                "from an old backup?). Put back the newest checkpoint file, or remove it to "
+                "trust the store."
+            )
+
+    def append(self, records: Sequence[LeafRecord]) -> list[int]:
+        """Append durably (deduplicated by leaf bytes); the indices of the leaves."""
+        return self.log.append(records)
+
+    def sign(self, now: int) -> SignedCheckpoint | None:
+        """Sign a checkpoint over every stored entry if the log grew since the last one.
+
+        Returns the latest checkpoint (the new one, or the previous one if nothing was added;
+        None for an empty log).  The new entries are re-read and re-hashed first: a root that
+        disagrees with the stored leaves raises StoreCorruptError and is never signed.
+        """
+        log = self.log
+        previous = log.checkpoint()
+        size = log.size
+        if previous is not None and previous.checkpoint.size == size:
+            return previous
+        if previous is None and size == 0:
+            return None
+        start = previous.checkpoint.size if previous is not None else 0
+        checked = log.check_range(start, size)
+        root = log.frontier().root()
+        if checked.root() != root:
+            raise StoreCorruptError(
+                f"log {log.log_id.hex()}: the stored entries do not give the root in memory; "
+                "refusing to sign"
+            )
+        if previous is not None:
+            now = max(now, previous.checkpoint.time)
+        signed = sign_checkpoint(Checkpoint(origin_for(log.log_id), size, root, now), self.key)
+        _write_checkpoint_file(self.checkpoint_file, signed.note)
+        log.set_checkpoint(signed)
+        return signed
