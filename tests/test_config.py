@@ -39,7 +39,7 @@ spool_dir = "/var/spool/t"
 checkpoint_interval = 5
 spool_poll_interval = 0.5
 listen = ["0.0.0.0:7946", "[::1]:7946"]
-seeds = ["abc@10.0.0.1:7946"]
+seeds = ["ZgN4XXOrNLS3pGWzHRS8Po8ZJxCbchlnbUYJ5GnDCUk=@10.0.0.1:7946", "peer.example:7946"]
 max_submit_batch = 100
 log_level = "debug"
 """,
@@ -48,7 +48,10 @@ log_level = "debug"
     assert c.state_dir == Path("/var/lib/t") and c.key_file == tmp_path / "k.key"
     assert c.socket_path == Path("/run/t.sock") and c.spool_path == Path("/var/spool/t")
     assert c.checkpoint_interval == 5.0 and c.spool_poll_interval == 0.5
-    assert c.listen == ("0.0.0.0:7946", "[::1]:7946") and c.seeds == ("abc@10.0.0.1:7946",)
+    assert c.listen == ("0.0.0.0:7946", "[::1]:7946") and c.seeds == (
+        "ZgN4XXOrNLS3pGWzHRS8Po8ZJxCbchlnbUYJ5GnDCUk=@10.0.0.1:7946",
+        "peer.example:7946",
+    )
     assert c.max_submit_batch == 100 and c.log_level == "debug"
 
 
@@ -62,6 +65,14 @@ log_level = "debug"
         ('state_dir = "s"\ncheckpoint_interval = true\n', "wrong type"),
         ('state_dir = "s"\nlisten = [1]\n', "listen"),
         ('state_dir = "s"\nlog_level = "loud"\n', "log_level"),
+        # Every address is parsed when the file loads, not when it is first dialled.
+        ('state_dir = "s"\nseeds = ["abc@10.0.0.1:7946"]\n', "'seeds'.*pinned key"),
+        ('state_dir = "s"\nseeds = ["no port"]\n', "'seeds'.*host:port"),
+        ('state_dir = "s"\nseeds = ["h:99999"]\n', "'seeds'.*out of range"),
+        ('state_dir = "s"\nseeds = ["h:0"]\n', "'seeds'.*out of range"),
+        ('state_dir = "s"\nseeds = ["::1:7946"]\n', "'seeds'.*brackets"),
+        ('state_dir = "s"\nlisten = ["127.0.0.1"]\n', "'listen'.*host:port"),
+        ('state_dir = "s"\nlisten = ["k@127.0.0.1:1"]\n', "'listen'.*key"),
         ("state_dir = ", "not valid TOML"),
     ],
 )

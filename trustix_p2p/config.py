@@ -24,6 +24,7 @@ from trustix_p2p.configfile import (
     read_config,
 )
 from trustix_p2p.configfile import DEFAULT_CONFIG_PATH as _DEFAULT_CONFIG_FILE
+from trustix_p2p.errors import ConfigError
 
 __all__ = [
     "CONFIG_ENV",
@@ -74,7 +75,22 @@ def _optional_path(value: str | None) -> Path | None:
     return None if value is None else Path(value)
 
 
+def _check_addresses(options: dict[str, Any]) -> None:
+    """Parse every listen and seed address now, so garbage is refused when the file loads."""
+    # Imported here: the post-build hook reads configs through `configfile` and must not load
+    # the transport (attrs, nacl) on every build.
+    from trustix_p2p.transport.address import parse_listen_address, parse_peer_address
+
+    for option, parse in (("listen", parse_listen_address), ("seeds", parse_peer_address)):
+        for text in options[option]:
+            try:
+                parse(text)
+            except ConfigError as exc:
+                raise ConfigError(f"configuration option {option!r}: {exc}") from exc
+
+
 def _from_options(options: dict[str, Any]) -> NodeConfig:
+    _check_addresses(options)
     return NodeConfig(
         state_dir=Path(options["state_dir"]),
         key_file=_optional_path(options["key_file"]),

@@ -71,6 +71,7 @@ log = logging.getLogger("trustix_p2p.node")
 
 #: Seconds between attempts to reopen a store after a failed write.
 REOPEN_INTERVAL = 1.0
+WRITE_FAILURE_LOG_INTERVAL = 60.0
 
 
 @attrs.define(eq=False)
@@ -102,6 +103,7 @@ class Node:
     # Set and replaced whenever the node's state changes (see `wait_until`).
     _changed: trio.Event = attrs.field(init=False, factory=trio.Event)
     _last_reopen: float = attrs.field(init=False, default=-math.inf)
+    _last_write_failure_logged: float = attrs.field(init=False, default=-math.inf)
     # Spool entries that could be neither read nor moved aside: logged once, then skipped.
     _spool_skipped: set[tuple[str, int, int]] = attrs.field(init=False, factory=set)
     spool_ingested: int = attrs.field(init=False, default=0)
@@ -171,9 +173,18 @@ class Node:
         if now - self._last_reopen < REOPEN_INTERVAL:
             raise self.store.broken
         self._last_reopen = now
-        log.info("reopening the store after a failed write")
         await trio.to_thread.run_sync(self._reopen)
-        log.info("store reopened; writes resume")
+        log.info("store reopened after a failed write; writes resume")
+        self._last_write_failure_logged = -math.inf
+
+    def _write_failed(self, what: str, exc: StoreWriteError) -> None:
+        """Log a failed write once, then at most once a minute while it keeps failing."""
+        now = trio.current_time()
+        if now - self._last_write_failure_logged >= WRITE_FAILURE_LOG_INTERVAL:
+            self._last_write_failure_logged = now
+            log.error(
+                "cannot write %s to the store (retrying; logged once a minute): %s", what, exc
+            )
 
     def _reopen(self) -> None:
         try:
@@ -217,7 +228,7 @@ class Node:
                     await self._ensure_writable()
                     indices = await trio.to_thread.run_sync(own.append, all_records)
                 except StoreWriteError as exc:
-                    log.error("cannot store submitted entries (will retry): %s", exc)
+                    self._write_failed("submitted entries", exc)
                     for item, _ in accepted:
                         item.error = f"the node cannot store entries now ({exc}); retry later"
                         item.unavailable = True
@@ -243,7 +254,7 @@ class Node:
                 await self._ensure_writable()
                 signed = await trio.to_thread.run_sync(own.sign, int(self.clock()))
             except StoreWriteError as exc:
-                log.error("cannot store a new checkpoint (will retry): %s", exc)
+                self._write_failed("a new checkpoint", exc)
                 return previous
         if signed is not None and signed is not previous:
             log.info("signed checkpoint: size %d", signed.checkpoint.size)

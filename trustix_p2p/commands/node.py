@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import logging
+import resource
+import signal
 import sys
 from pathlib import Path
 
@@ -23,8 +26,23 @@ def _socket_path(args: argparse.Namespace) -> Path:
     return load_node_config(args.config or default_config_path()).socket_path
 
 
+def _process_setup() -> None:
+    """Process-wide settings a node needs before it opens anything."""
+    # A write past RLIMIT_FSIZE must fail with EFBIG (answered "unavailable" and retried),
+    # not kill the node with SIGXFSZ.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    # Every peer and control client holds a descriptor; the default soft limit (often 1024)
+    # is far below what the connection limits allow.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def cmd_node(args: argparse.Namespace) -> int:
     config = load_node_config(args.config)
+    _process_setup()
     logging.basicConfig(
         level=getattr(logging, config.log_level.upper()),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",

@@ -85,8 +85,13 @@ class ControlClient:
         return self._exchange(protocol.encode_request(request))
 
     def submit(self, leaves: Sequence[bytes]) -> list[int]:
-        reply = self._exchange(framing.submit_request(list(leaves)))
-        return framing.indices_from_wire(reply, len(leaves))
+        """Log leaves; their indices once durable.  Large submissions go in several frames,
+        each acknowledged on its own (a retry of the whole is safe: submission is idempotent)."""
+        indices: list[int] = []
+        for chunk in framing.submit_chunks(list(leaves)):
+            reply = self._exchange(framing.submit_request(chunk))
+            indices += framing.indices_from_wire(reply, len(chunk))
+        return indices
 
     def status(self) -> protocol.Status:
         from trustix_p2p.control import protocol

@@ -32,11 +32,16 @@ __all__ = [
     "frame",
     "frame_length",
     "indices_from_wire",
+    "submit_chunks",
     "submit_request",
     "unpack",
 ]
 
-MAX_FRAME = 64 << 20
+# What a request can need: a submission is sent in frames of at most SUBMIT_FRAME_BYTES of
+# leaves (`submit_chunks`), and an entry is at most 1 MiB, so 16 MiB bounds every request.
+MAX_FRAME = 16 << 20
+SUBMIT_FRAME_BYTES = 8 << 20
+SUBMIT_FRAME_LEAVES = 1000
 MAX_LEAVES_PER_SUBMIT = 100_000
 MAX_HITS = 10_000
 _LEN = struct.Struct(">I")
@@ -78,6 +83,25 @@ def check_int(value: Any, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
         raise DecodeError(f"{what} must be a non-negative integer")
     return value
+
+
+def submit_chunks(leaves: list[bytes]) -> list[list[bytes]]:
+    """Split leaves into submissions of at most SUBMIT_FRAME_LEAVES leaves and
+    SUBMIT_FRAME_BYTES bytes (a single larger leaf goes alone; the node judges it)."""
+    chunks: list[list[bytes]] = []
+    current: list[bytes] = []
+    size = 0
+    for leaf in leaves:
+        if current and (
+            len(current) >= SUBMIT_FRAME_LEAVES or size + len(leaf) > SUBMIT_FRAME_BYTES
+        ):
+            chunks.append(current)
+            current, size = [], 0
+        current.append(leaf)
+        size += len(leaf) + 5
+    if current or not chunks:
+        chunks.append(current)
+    return chunks
 
 
 def submit_request(leaves: list[bytes]) -> bytes:

@@ -12,13 +12,19 @@ Any request can instead be answered ["error", message] (refused: do not retry as
 ["unavailable", message] (the node cannot take it now, e.g. after a failed write: retry later,
 or spool).
 
-The framing and the field checks live in the attrs-free `trustix_p2p.control.framing` (the
-post-build hook submits through it) and are re-exported here.  This module does no I/O.
+Requests are read by the schema-directed reader of `trustix_p2p.core.wire` (a `Tagged` spec
+over the request classes below), so a hostile frame is refused at the first header that does
+not fit, before anything is built for it; this module must never hand a request frame to a
+general msgpack unpacker.  Replies come from our own node and are read with msgpack.
+
+The framing and the reply checks live in the attrs-free `trustix_p2p.control.framing` (the
+post-build hook submits through it, with plain msgpack) and are re-exported here.  This module
+does no I/O.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
@@ -35,7 +41,12 @@ from trustix_p2p.control.framing import (
 )
 from trustix_p2p.control.framing import check_bytes as _bytes
 from trustix_p2p.control.framing import check_int as _int
+from trustix_p2p.core import wire
+from trustix_p2p.core.leaf import MAX_ENTRY_BYTES
 from trustix_p2p.errors import DecodeError
+
+# Store paths are far shorter; this only bounds what a lookup request may carry.
+MAX_LOOKUP_PATH: Final = 4096
 
 __all__ = [
     "MAX_FRAME",
@@ -67,7 +78,9 @@ __all__ = [
 
 @attrs.frozen
 class Submit:
-    leaves: tuple[bytes, ...]
+    leaves: tuple[bytes, ...] = wire.field(
+        wire.ListOf(wire.Bytes(1, MAX_ENTRY_BYTES), MAX_LEAVES_PER_SUBMIT)
+    )
 
 
 @attrs.frozen
@@ -77,15 +90,25 @@ class StatusRequest:
 
 @attrs.frozen
 class CheckpointRequest:
-    log_id: bytes | None
+    log_id: bytes | None = wire.field(wire.Nullable(wire.Bytes(32, 32)))
 
 
 @attrs.frozen
 class LookupRequest:
-    out_path: str
+    out_path: str = wire.field(wire.Text(max_len=MAX_LOOKUP_PATH))
 
 
 Request = Submit | StatusRequest | CheckpointRequest | LookupRequest
+
+# The request table: the tag each request's array starts with.
+_REQUESTS: Final = wire.Tagged(
+    {
+        "submit": Submit,
+        "status": StatusRequest,
+        "checkpoint": CheckpointRequest,
+        "lookup": LookupRequest,
+    }
+)
 
 
 @attrs.frozen
@@ -130,17 +153,9 @@ def encode_request(req: Request) -> bytes:
 
 
 def decode_request(data: bytes) -> Request:
-    msg = unpack(data)
-    kind, args = msg[0], msg[1:]
-    if kind == "submit" and len(args) == 1 and isinstance(args[0], list):
-        return Submit(tuple(_bytes(x, "leaf") for x in args[0]))
-    if kind == "status" and not args:
-        return StatusRequest()
-    if kind == "checkpoint" and len(args) == 1:
-        return CheckpointRequest(None if args[0] is None else _bytes(args[0], "log id", 32))
-    if kind == "lookup" and len(args) == 1 and isinstance(args[0], str) and len(args[0]) < 4096:
-        return LookupRequest(args[0])
-    raise DecodeError(f"malformed or unknown control request {kind!r}")
+    """The request a frame's body holds, or `DecodeError` for anything malformed."""
+    request: Request = wire.decode_value(data, _REQUESTS, "control request")
+    return request
 
 
 def encode_ok(payload: Any) -> bytes:

@@ -54,8 +54,11 @@ __all__ = [
 ]
 
 ENTRY_VERSION = 1
-MAX_ENTRY_BYTES = 64 * 1024
 MAX_REFERENCES = 4096
+# The limits agree: 4,096 references of the longest base name Nix allows (32 + 1 + 211 = 244
+# characters, 246 bytes each in msgpack) encode to 1,007,619 bytes, and with every other field
+# at its longest an entry is below 1,009,000 bytes, so any entry whose fields are valid fits.
+MAX_ENTRY_BYTES = 1024 * 1024
 MAX_OUTPUT_NAME_LEN = 255
 NAR_HASH_SIZE = 32
 MAX_UINT63 = 2**63  # exclusive; keeps every integer a signed 64-bit value everywhere
