@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from trustix_p2p.core.entry import (
     MAX_ENTRY_BYTES,
+    MAX_REFERENCES,
     Entry,
     _explain_invalid_fields,
     _fields_ok,
@@ -293,12 +294,14 @@ def test_more_than_4096_references_are_refused():
     validate_entry(Entry(ENTRY.out_path, NAR, 1, refs[:4096], "", "out", 0))
 
 
-def test_an_entry_over_64_kib_cannot_be_encoded():
-    refs = tuple(sorted(f"{H1}-{'r' * 200}{i:05d}" for i in range(300)))
+def test_every_entry_with_valid_fields_fits_the_size_limit():
+    # The limits agree: 4,096 references with the longest names Nix allows still fit.
+    refs = tuple(sorted(f"{H1[:-4]}{i:04d}-{'r' * 211}" for i in range(MAX_REFERENCES)))
     entry = Entry(ENTRY.out_path, NAR, 1, refs, "", "out", 0)
     validate_entry(entry)
-    with pytest.raises(LocalProtocolError, match="over 65536"):
-        encode_entry(entry)
+    assert len(encode_entry(entry)) <= MAX_ENTRY_BYTES
+    with pytest.raises(DecodeError, match="over the limit"):
+        decode_entry(b"\xc6" + bytes(MAX_ENTRY_BYTES + 1))
 
 
 def test_store_dir_is_configurable():

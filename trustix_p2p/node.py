@@ -32,6 +32,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import attrs
@@ -39,7 +40,7 @@ import trio
 
 from trustix_p2p.config import NodeConfig
 from trustix_p2p.control import protocol
-from trustix_p2p.control.server import serve_control
+from trustix_p2p.control.server import ControlLimits, serve_control
 from trustix_p2p.core.checkpoint import SignedCheckpoint
 from trustix_p2p.core.entry import decode_entry
 from trustix_p2p.core.keys import PrivateKey
@@ -94,6 +95,7 @@ class Node:
     key: PrivateKey | None
     own: OwnLog | None
     clock: Callable[[], float] = time.time
+    control_limits: ControlLimits = attrs.field(factory=ControlLimits)
     _send: trio.MemorySendChannel[_Pending] = attrs.field(init=False)
     _recv: trio.MemoryReceiveChannel[_Pending] = attrs.field(init=False)
     _write_lock: trio.Lock = attrs.field(init=False, factory=trio.Lock)
@@ -107,6 +109,7 @@ class Node:
     # Spool entries that could be neither read nor moved aside: logged once, then skipped.
     _spool_skipped: set[tuple[str, int, int]] = attrs.field(init=False, factory=set)
     spool_ingested: int = attrs.field(init=False, default=0)
+    spool_scans: int = attrs.field(init=False, default=0)
 
     def __attrs_post_init__(self) -> None:
         self._send, self._recv = trio.open_memory_channel[_Pending](1024)
@@ -346,6 +349,8 @@ class Node:
             self._notify()
         if ingested:
             log.info("ingested %d spooled entries", ingested)
+        self.spool_scans += 1
+        self._notify()
         return ingested
 
     async def _spool_loop(self) -> None:
@@ -435,7 +440,11 @@ class Node:
                         ) from exc
                     self.listening = tuple(bound)
                 # Last: once the control socket answers, everything it reports is running.
-                await nursery.start(serve_control, self.config.socket_path, self._answer)
+                await nursery.start(
+                    partial(serve_control, limits=self.control_limits),
+                    self.config.socket_path,
+                    self._answer,
+                )
                 if install_signal_handlers:
                     nursery.start_soon(self._watch_signals, nursery.cancel_scope)
                 log.info(
