@@ -6,13 +6,14 @@ limits of `TransportLimits`.  `connect()` dials `[<key>@]host:port` over TCP, ru
 handshake under the handshake timeout and, if the address pins a key, refuses any other peer.
 
 This module must never hand an undecoded value to its caller, and never block forever on a
-silent peer: every receive is bounded by the idle timeout.
+peer: every receive is bounded by the idle timeout, and every send by the send timeout.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
@@ -33,7 +34,7 @@ from trustix_p2p.core.wire import (
 )
 from trustix_p2p.errors import ConfigError, LocalProtocolError, RemoteProtocolError, TrustixError
 from trustix_p2p.transport.address import PeerAddress, parse_peer_address
-from trustix_p2p.transport.stream import NoiseStream
+from trustix_p2p.transport.stream import SEND_CHUNK_SIZE, NoiseStream
 
 __all__ = [
     "CONNECTION_ERRORS",
@@ -48,6 +49,8 @@ __all__ = [
 
 _RECEIVE_SIZE: Final = 256 * 1024
 _FLUSH_THRESHOLD: Final = 64 * 1024
+# Messages `receive_message` may return from its buffer before it yields to other tasks.
+_RECEIVE_BATCH: Final = 64
 _OUTBOX_HIGH_WATER: Final = 1024 * 1024
 # How long closing waits for queued messages to leave.
 _FLUSH_TIMEOUT: Final = 5.0
@@ -66,14 +69,37 @@ def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) 
         raise ConfigError(f"{attribute.name} must be positive, got {value!r}")
 
 
+def _positive_count(_instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{attribute.name} must be a positive integer, got {value!r}")
+
+
 @attrs.frozen
 class TransportLimits:
-    """Per-connection limits (DESIGN §6).  Timeouts are in seconds; sizes in bytes."""
+    """Per-connection and per-server limits (DESIGN §6).  Timeouts in seconds, sizes in bytes.
 
-    handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
+    - `handshake_timeout` (5 s): from accept (or dial) until the Noise handshake completes.
+      An honest handshake takes milliseconds; the bound is what a silent socket costs us.
+    - `idle_timeout` (300 s): the longest a receive waits for the peer's next bytes.
+    - `send_timeout` (30 s): the longest any single send may go without progress (one
+      write of at most `SEND_CHUNK_SIZE` bytes, or a sender waiting for room in a full
+      queue); then the connection is broken, so a peer that never reads is dropped.
+    - `max_connections` (256): established connections a server holds; more are refused.
+    - `max_pending_handshakes` (64): connections a server has accepted but not yet
+      handshaken.  When full, the oldest pending handshake of the source holding the most
+      is evicted to admit the newcomer (see `transport.admission`).
+    - `max_connections_per_source` (16): connections, pending and established, from one
+      remote IP address; more are refused at once.
+    - `max_message_size` (4 MiB): the largest application message sent or received.
+    """
+
+    handshake_timeout: float = attrs.field(default=5.0, validator=_positive)
     idle_timeout: float = attrs.field(default=300.0, validator=_positive)
-    max_connections: int = attrs.field(default=256, validator=_positive)
-    max_message_size: int = attrs.field(default=DEFAULT_MAX_MESSAGE_SIZE, validator=_positive)
+    max_connections: int = attrs.field(default=256, validator=_positive_count)
+    max_message_size: int = attrs.field(default=DEFAULT_MAX_MESSAGE_SIZE, validator=_positive_count)
+    send_timeout: float = attrs.field(default=30.0, validator=_positive)
+    max_pending_handshakes: int = attrs.field(default=64, validator=_positive_count)
+    max_connections_per_source: int = attrs.field(default=16, validator=_positive_count)
 
 
 class _SendMode(enum.Enum):
@@ -95,6 +121,16 @@ class Connection:
     waiting; more than `_OUTBOX_HIGH_WATER` bytes queued makes senders wait (backpressure).
     `flush()` waits until the queue has been handed to the stream.
 
+    A peer that stops reading cannot hold us: the stream bounds each write by
+    `limits.send_timeout` (for streams built by `connect` and `serve_stream`), and a sender
+    waits for room at most `limits.send_timeout` after the writer last made progress.
+    Either expiry breaks the connection for sending: the writer stops, and every later send
+    raises `trio.BrokenResourceError` whose message names the cause.
+
+    `receive_message` returns messages already buffered without waiting for I/O, but yields
+    to other tasks before every `_RECEIVE_BATCH`th such message, so a peer that keeps our
+    buffer full cannot starve the other connections.
+
     Several tasks may send at once; one task at a time may call `receive_message`.
     """
 
@@ -104,12 +140,17 @@ class Connection:
     limits: TransportLimits = attrs.field(factory=TransportLimits)
     registry: MessageRegistry = REGISTRY
     _reader: MessageReader = attrs.field(init=False)
+    # Messages returned from the buffer since the last checkpoint.
+    _unyielded: int = attrs.field(init=False, default=0)
     _send_lock: trio.Lock = attrs.field(init=False, factory=trio.Lock)
     _mode: _SendMode = attrs.field(init=False, default=_SendMode.DIRECT)
     _outbox: list[bytes | bytearray] = attrs.field(init=False, factory=list)
     _outbox_size: int = attrs.field(init=False, default=0)
     _in_flight: bool = attrs.field(init=False, default=False)
     _writer_error: BaseException | None = attrs.field(init=False, default=None)
+    _writer_scope: trio.CancelScope = attrs.field(init=False, factory=trio.CancelScope)
+    # When the writer last took a batch or finished writing a chunk of one.
+    _progress_at: float = attrs.field(init=False, default=-math.inf)
     _wake_writer: trio.lowlevel.ParkingLot = attrs.field(
         init=False, factory=trio.lowlevel.ParkingLot
     )
@@ -124,11 +165,16 @@ class Connection:
 
     # ---- sending -----------------------------------------------------------------------
 
+    @property
+    def writer_error(self) -> BaseException | None:
+        """Why the writer stopped, if the transport failed under it (else None)."""
+        return self._writer_error
+
     def _check_writer(self) -> None:
         if self._mode is _SendMode.STOPPED:
             if self._writer_error is not None:
                 raise trio.BrokenResourceError(
-                    "the connection failed while sending"
+                    f"the connection failed while sending: {self._writer_error}"
                 ) from self._writer_error
             raise trio.ClosedResourceError("the connection's writer has stopped")
 
@@ -145,7 +191,10 @@ class Connection:
             self._check_writer()
             if self._outbox_size < _OUTBOX_HIGH_WATER:
                 break
-            await self._wake_senders.park()
+            await self._wait_for_room()
+        if not self._outbox and not self._in_flight:
+            # The writer is idle: its clock for making progress starts now.
+            self._progress_at = trio.current_time()
         self._outbox.append(data)
         self._outbox_size += len(data)
         self._wake_writer.unpark_all()
@@ -153,33 +202,59 @@ class Connection:
             # Let the writer (and everyone else) run before queueing more.
             await trio.lowlevel.cancel_shielded_checkpoint()
 
+    async def _wait_for_room(self) -> None:
+        timeout = self.limits.send_timeout
+        with trio.CancelScope(deadline=self._progress_at + timeout):
+            await self._wake_senders.park()
+            return
+        # The writer has been stuck on one chunk for the whole send timeout.
+        error = RemoteProtocolError(f"peer did not read for {timeout:g} s")
+        self._writer_error = error
+        self._mode = _SendMode.STOPPED
+        self._writer_scope.cancel()
+        self._wake_senders.unpark_all()
+        raise error
+
     async def run_writer(self) -> None:
         """Send queued messages in batches until cancelled (see the class docstring).
 
-        Transport failures end the writer quietly; they are raised to the next sender.
+        Transport failures (including a send timeout) end the writer quietly; they are raised
+        to the next sender and kept in `writer_error`.
         """
         if self._mode is not _SendMode.DIRECT:
             raise LocalProtocolError("run_writer is already running or has run")
         self._mode = _SendMode.QUEUED
         try:
-            while True:
-                while not self._outbox:
-                    await self._wake_writer.park()
-                batch = self._outbox
-                self._outbox = []
-                self._outbox_size = 0
-                self._in_flight = True
-                self._wake_senders.unpark_all()
-                await self.stream.send_all(batch[0] if len(batch) == 1 else b"".join(batch))
-                self._in_flight = False
-                if not self._outbox:
+            with self._writer_scope:
+                while True:
+                    while not self._outbox:
+                        await self._wake_writer.park()
+                    batch = self._outbox
+                    self._outbox = []
+                    self._outbox_size = 0
+                    self._in_flight = True
+                    self._progress_at = trio.current_time()
                     self._wake_senders.unpark_all()
+                    await self._write(batch[0] if len(batch) == 1 else b"".join(batch))
+                    self._in_flight = False
+                    if not self._outbox:
+                        self._wake_senders.unpark_all()
         except CONNECTION_ERRORS as exc:
             self._writer_error = exc
         finally:
             self._mode = _SendMode.STOPPED
             self._in_flight = False
             self._wake_senders.unpark_all()
+
+    async def _write(self, data: bytes | bytearray) -> None:
+        if len(data) <= SEND_CHUNK_SIZE:
+            await self.stream.send_all(data)
+            return
+        # Chunk by chunk (the stream's own unit), so waiting senders see the progress.
+        view = memoryview(data)
+        for start in range(0, len(view), SEND_CHUNK_SIZE):
+            await self.stream.send_all(view[start : start + SEND_CHUNK_SIZE])
+            self._progress_at = trio.current_time()
 
     async def flush(self) -> None:
         """Wait until every queued message has been written to the stream."""
@@ -197,10 +272,17 @@ class Connection:
         or an idle peer; the connection should then be closed.
         """
         reader = self._reader
+        if self._unyielded >= _RECEIVE_BATCH:
+            # Buffered messages return without waiting for I/O; a peer that keeps the buffer
+            # full must still let every other connection run now and then.
+            self._unyielded = 0
+            await trio.lowlevel.checkpoint()
         while True:
             message = reader.next_message()
             if message is not None:
+                self._unyielded += 1
                 return message
+            self._unyielded = 0
             data = await self.stream.receive_some(_RECEIVE_SIZE)
             if not data:
                 if reader.at_boundary:
@@ -231,11 +313,20 @@ async def run_connection(
 ) -> None:
     """Run `body(connection)` with the connection's writer, then flush (bounded) and stop it.
 
-    An exception from `body` propagates as itself, not wrapped in an exception group.
+    If the writer fails (the peer stopped reading for `send_timeout`, or the transport
+    broke), `body` is cancelled and `trio.BrokenResourceError` is raised: a connection that
+    can no longer send is over, even if `body` was only waiting to receive.  An exception
+    from `body` propagates as itself, not wrapped in an exception group.
     """
     failure: Exception | None = None
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(connection.run_writer)
+
+        async def writer() -> None:
+            await connection.run_writer()
+            # run_writer only returns by itself when the transport failed under it.
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(writer)
         try:
             await body(connection)
             await _flush_quietly(connection)
@@ -246,6 +337,10 @@ async def run_connection(
             nursery.cancel_scope.cancel()
     if failure is not None:
         raise failure
+    if connection.writer_error is not None:
+        raise trio.BrokenResourceError(
+            f"the connection failed while sending: {connection.writer_error}"
+        ) from connection.writer_error
 
 
 @contextlib.asynccontextmanager
@@ -287,6 +382,9 @@ async def connect(
 ) -> Connection:
     """Dial `address` over TCP and complete the handshake within `limits.handshake_timeout`.
 
+    The connection's stream bounds receives by `limits.idle_timeout` and sends by
+    `limits.send_timeout`, as the server's do.
+
     Raises `PeerUnreachableError` if TCP fails or the peer hangs up during the handshake, and
     `RemoteProtocolError` (incl. `NoiseError`) if the handshake fails, times out, or the peer
     is not the key pinned in the address.
@@ -309,6 +407,7 @@ async def connect(
         pinned=peer_address.key,
         handshake_timeout=limits.handshake_timeout,
         idle_timeout=limits.idle_timeout,
+        send_timeout=limits.send_timeout,
     )
     try:
         peer = await stream.do_handshake()

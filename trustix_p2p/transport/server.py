@@ -2,11 +2,13 @@
 
 `serve_noise` listens on the configured TCP addresses, runs the responder handshake for each
 incoming connection under the handshake timeout, and hands each `Connection` to the
-caller's handler in its own task.  It enforces the connection limit (excess connections are
-closed at once), the idle timeout (through `Connection.receive_message`), and the message
-size limit.  Whatever one connection does -- garbage, a failed handshake, a malformed
-message, silence, or even a bug in the handler -- ends that connection only; it is logged and
-the server keeps serving everyone else.
+caller's handler in its own task.  It enforces the limits of `TransportLimits`: connections
+per source address and established connections (excess ones are closed at once), a bounded
+pool of pending handshakes from which the largest holder's oldest is evicted when a newcomer
+needs room (`transport.admission`), the idle and send timeouts (a peer that stops reading is
+dropped), and the message size limit.  Whatever one connection does -- garbage, a failed
+handshake, a malformed message, silence, not reading, or even a bug in the handler -- ends
+that connection only; it is logged and the server keeps serving everyone else.
 
 This module must not contain protocol logic beyond the connection's life cycle: what
 messages mean is the handler's business.
@@ -15,6 +17,7 @@ messages mean is the handler's business.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Final
@@ -27,6 +30,7 @@ from trustix_p2p.core.noise import LocalIdentity
 from trustix_p2p.core.wire import REGISTRY, Error, MessageRegistry, Ping, Pong
 from trustix_p2p.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from trustix_p2p.transport.address import format_host_port, parse_listen_address
+from trustix_p2p.transport.admission import Admission, Refused, Ticket
 from trustix_p2p.transport.connection import (
     CONNECTION_ERRORS,
     Connection,
@@ -40,6 +44,27 @@ __all__ = ["Handler", "answer_pings", "serve_noise", "serve_stream"]
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[Connection], Awaitable[None]]
+
+
+class _Throttled:
+    """At most one log line per `interval` seconds for a kind of event, with the count of
+    those not logged: a flood of connections must not become a flood of log lines."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def info(self, kind: str, message: str, *args: object) -> None:
+        now = trio.current_time()
+        if now - self._last.get(kind, -math.inf) < self.interval:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        skipped = self._suppressed.pop(kind, 0)
+        suffix = f" (and {skipped} more like it in the last {self.interval:g} s)" if skipped else ""
+        logger.info(message + suffix, *args)
+
 
 # How long a goodbye (Error message, end-of-stream marker) may take before we just close.
 _GOODBYE_TIMEOUT: Final = 1.0
@@ -70,36 +95,68 @@ async def serve_stream(
 
     This is the per-connection half of `serve_noise`, usable over any trio stream (the
     simulation harness runs it over memory streams).  It never raises because of what the
-    peer did or because of a bug in `handler`; it logs and closes the stream instead.
+    peer did or because of a bug in `handler`; it logs and closes the stream instead.  The
+    stream is closed however this ends, cancellation included.
     """
-    limits = limits or TransportLimits()
+    await _serve_stream(
+        transport_stream, identity, handler, limits or TransportLimits(), registry, remote
+    )
+
+
+async def _serve_stream(
+    transport_stream: trio.abc.Stream,
+    identity: LocalIdentity,
+    handler: Handler,
+    limits: TransportLimits,
+    registry: MessageRegistry,
+    remote: str,
+    admit: Callable[[], str | None] | None = None,
+    throttled: _Throttled | None = None,
+) -> None:
+    throttled = throttled or _Throttled()
+    # `admit` runs once the handshake completes: None lets the connection in, a string is
+    # why it is refused (it is then told so and closed).
     stream = NoiseStream.responder(
         transport_stream,
         identity,
         handshake_timeout=limits.handshake_timeout,
         idle_timeout=limits.idle_timeout,
+        send_timeout=limits.send_timeout,
     )
     try:
-        peer = await stream.do_handshake()
-    except CONNECTION_ERRORS as exc:
-        logger.info("handshake with %s failed: %s", remote, exc)
-        await trio.aclose_forcefully(stream)
-        return
-    logger.info("connection from %s, peer %s", remote, peer.to_base64())
-    connection = Connection(stream, peer, remote, limits, registry)
-    try:
-        await run_connection(connection, partial(_guarded, handler))
-    except LocalProtocolError:
-        # We tried to send something the protocol forbids: a bug on our side, not the peer's.
-        logger.exception("connection from %s ended by a local protocol error", remote)
-    except CONNECTION_ERRORS as exc:
-        logger.info("connection from %s (%s) ended: %s", remote, peer.to_base64(), exc)
-    except Exception:
-        # A bug in a handler must not take the node down for every other peer; it is
-        # logged with its traceback, loudly, and only this connection ends.
-        logger.exception("handler failed on connection from %s", remote)
+        try:
+            peer = await stream.do_handshake()
+        except CONNECTION_ERRORS as exc:
+            throttled.info("handshake", "handshake with %s failed: %s", remote, exc)
+            return
+        connection = Connection(stream, peer, remote, limits, registry)
+        refusal = admit() if admit is not None else None
+        if refusal is not None:
+            throttled.info(
+                "refused-after",
+                "refusing connection from %s (%s) after the handshake: %s",
+                remote,
+                peer.to_base64(),
+                refusal,
+            )
+            await _say_goodbye(connection, refusal)
+            return
+        logger.info("connection from %s, peer %s", remote, peer.to_base64())
+        try:
+            await run_connection(connection, partial(_guarded, handler))
+        except LocalProtocolError:
+            # We tried to send something the protocol forbids: a bug on our side, not the
+            # peer's.
+            logger.exception("connection from %s ended by a local protocol error", remote)
+        except CONNECTION_ERRORS as exc:
+            logger.info("connection from %s (%s) ended: %s", remote, peer.to_base64(), exc)
+        except Exception:
+            # A bug in a handler must not take the node down for every other peer; it is
+            # logged with its traceback, loudly, and only this connection ends.
+            logger.exception("handler failed on connection from %s", remote)
     finally:
-        # Sends the end-of-stream marker within its close timeout, and closes anyway.
+        # Sends the end-of-stream marker within its close timeout (only after a handshake,
+        # and not after a failed send), and closes anyway, even when cancelled.
         await stream.aclose()
 
 
@@ -118,30 +175,83 @@ async def _guarded(handler: Handler, connection: Connection) -> None:
 
 @attrs.define(eq=False)
 class _Server:
+    """The accept side of `serve_noise`: admission (`transport.admission`), then serving.
+
+    Over-limit connections are refused at once, before any handshake work: from a source
+    at `max_connections_per_source`, or while `max_connections` are established.  A
+    connection whose handshake completes while `max_connections` are established (they
+    filled up during its handshake) is refused after it, with an `Error` message.  Every
+    refusal and eviction is one info line in the log.
+    """
+
     identity: LocalIdentity
     handler: Handler
     limits: TransportLimits
     registry: MessageRegistry
-    active: int = 0
+    admission: Admission = attrs.field(init=False)
+    _log: _Throttled = attrs.field(init=False, factory=_Throttled)
+    # Pending handshakes, and how to end each one if it is evicted.
+    _pending: dict[Ticket, tuple[trio.CancelScope, str]] = attrs.field(init=False, factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        self.admission = Admission(
+            max_pending=self.limits.max_pending_handshakes,
+            max_established=self.limits.max_connections,
+            max_per_source=self.limits.max_connections_per_source,
+        )
 
     async def handle_tcp(self, tcp: trio.SocketStream) -> None:
-        remote = _remote_name(tcp)
-        if self.active >= self.limits.max_connections:
-            logger.warning("refusing connection from %s: %d connections open", remote, self.active)
-            await trio.aclose_forcefully(tcp)
+        source, remote = _remote_of(tcp)
+        await self.handle_stream(tcp, source, remote)
+
+    async def handle_stream(self, stream: trio.abc.Stream, source: str, remote: str) -> None:
+        """Admit and serve one accepted stream from IP address `source` (named `remote`)."""
+        decision = self.admission.arrive(source)
+        if isinstance(decision, Refused):
+            self._log.info("refused", "refusing connection from %s: %s", remote, decision.reason)
+            await trio.aclose_forcefully(stream)
             return
-        self.active += 1
+        ticket = decision.ticket
+        scope = trio.CancelScope()
+        self._pending[ticket] = (scope, remote)
+        if decision.evicted is not None:
+            self._evict(decision.evicted, remote)
         try:
-            await serve_stream(
-                tcp,
-                self.identity,
-                self.handler,
-                limits=self.limits,
-                registry=self.registry,
-                remote=remote,
-            )
+            with scope:
+                await _serve_stream(
+                    stream,
+                    self.identity,
+                    self.handler,
+                    self.limits,
+                    self.registry,
+                    remote,
+                    admit=partial(self._establish, ticket),
+                    throttled=self._log,
+                )
         finally:
-            self.active -= 1
+            self._pending.pop(ticket, None)
+            self.admission.release(ticket)
+
+    def _establish(self, ticket: Ticket) -> str | None:
+        self._pending.pop(ticket, None)
+        refusal = self.admission.establish(ticket)
+        return None if refusal is None else refusal.reason
+
+    def _evict(self, victim: Ticket, newcomer: str) -> None:
+        scope, victim_remote = self._pending.pop(victim)
+        self._log.info(
+            "evicted",
+            "evicting pending handshake from %s to admit %s: %d pending handshakes "
+            "(limit %d), %d of them from %s",
+            victim_remote,
+            newcomer,
+            self.admission.pending,
+            self.limits.max_pending_handshakes,
+            self.admission.pending_from(victim.source) + 1,
+            victim.source,
+        )
+        # Its task closes the stream as the cancellation unwinds it (_serve_stream's finally).
+        scope.cancel()
 
 
 async def _say_goodbye(connection: Connection, reason: str) -> None:
@@ -154,14 +264,16 @@ async def _say_goodbye(connection: Connection, reason: str) -> None:
             pass
 
 
-def _remote_name(tcp: trio.SocketStream) -> str:
+def _remote_of(tcp: trio.SocketStream) -> tuple[str, str]:
+    """The peer's IP address (the per-source key) and its `host:port` name for the log."""
     try:
-        sockname = tcp.socket.getpeername()
+        peername = tcp.socket.getpeername()
     except OSError:
-        return "<unknown>"
-    if isinstance(sockname, tuple):
-        return format_host_port(str(sockname[0]), int(sockname[1]))
-    return str(sockname)
+        return "<unknown>", "<unknown>"
+    if isinstance(peername, tuple):
+        host = str(peername[0])
+        return host, format_host_port(host, int(peername[1]))
+    return str(peername), str(peername)
 
 
 async def serve_noise(

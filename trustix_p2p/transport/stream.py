@@ -11,8 +11,11 @@ for a clean end.
 Errors: transport failures surface as trio's `BrokenResourceError` / `ClosedResourceError` /
 `BusyResourceError` as the `trio.abc.Stream` contract says; bytes from the peer that violate
 the protocol raise `RemoteProtocolError` (`NoiseError` for cryptographic failures) and leave
-the stream broken.  A handshake that takes longer than `handshake_timeout`, or a receive that
-waits longer than `idle_timeout`, raises `RemoteProtocolError`.
+the stream broken.  A handshake that takes longer than `handshake_timeout`, a receive that
+waits longer than `idle_timeout`, or a write to the underlying stream that does not complete
+within `send_timeout` raises `RemoteProtocolError`, so a peer that stops reading cannot hold a
+sender forever.  One such write carries one handshake message, or the ciphertext of at most
+`SEND_CHUNK_SIZE` bytes of a `send_all`: that is the unit of progress `send_timeout` bounds.
 
 This module must not interpret application bytes (that is `transport.connection`) and must
 never let a partially sent Noise message be followed by another: after a cancelled or failed
@@ -41,14 +44,15 @@ from trustix_p2p.core.noise import (
 )
 from trustix_p2p.errors import LocalProtocolError, RemoteProtocolError
 
-__all__ = ["DEFAULT_RECEIVE_SIZE", "NoiseStream"]
+__all__ = ["DEFAULT_RECEIVE_SIZE", "SEND_CHUNK_SIZE", "NoiseStream"]
 
 # Bytes asked of the underlying stream per read; one whole Noise message plus its prefix.
 _TRANSPORT_RECEIVE_SIZE: Final = 256 * 1024
 DEFAULT_RECEIVE_SIZE: Final = 65536
-# Frames encrypted per underlying send_all: big sends are cheap, but bound the memory.
+# Frames encrypted per underlying send_all: big sends are cheap, but bound the memory.  Each
+# underlying send_all is also the unit of progress that `send_timeout` bounds.
 _FRAMES_PER_SEND: Final = 4
-_SEND_GROUP: Final = _FRAMES_PER_SEND * MAX_FRAME_PAYLOAD
+SEND_CHUNK_SIZE: Final = _FRAMES_PER_SEND * MAX_FRAME_PAYLOAD
 
 
 class NoiseStream(trio.abc.HalfCloseableStream):
@@ -65,12 +69,14 @@ class NoiseStream(trio.abc.HalfCloseableStream):
         *,
         handshake_timeout: float = math.inf,
         idle_timeout: float = math.inf,
+        send_timeout: float = math.inf,
         close_timeout: float = 1.0,
     ) -> None:
         self.transport_stream = transport_stream
         self._session = session
         self._handshake_timeout = handshake_timeout
         self._idle_timeout = idle_timeout
+        self._send_timeout = send_timeout
         self._close_timeout = close_timeout
         self._handshake_lock = trio.Lock()
         self._peer: PublicKey | None = None
@@ -94,9 +100,16 @@ class NoiseStream(trio.abc.HalfCloseableStream):
         pinned: PublicKey | None = None,
         handshake_timeout: float = math.inf,
         idle_timeout: float = math.inf,
+        send_timeout: float = math.inf,
     ) -> NoiseStream:
         return cls._for_role(
-            Role.INITIATOR, transport_stream, identity, pinned, handshake_timeout, idle_timeout
+            Role.INITIATOR,
+            transport_stream,
+            identity,
+            pinned,
+            handshake_timeout=handshake_timeout,
+            idle_timeout=idle_timeout,
+            send_timeout=send_timeout,
         )
 
     @classmethod
@@ -108,9 +121,16 @@ class NoiseStream(trio.abc.HalfCloseableStream):
         pinned: PublicKey | None = None,
         handshake_timeout: float = math.inf,
         idle_timeout: float = math.inf,
+        send_timeout: float = math.inf,
     ) -> NoiseStream:
         return cls._for_role(
-            Role.RESPONDER, transport_stream, identity, pinned, handshake_timeout, idle_timeout
+            Role.RESPONDER,
+            transport_stream,
+            identity,
+            pinned,
+            handshake_timeout=handshake_timeout,
+            idle_timeout=idle_timeout,
+            send_timeout=send_timeout,
         )
 
     @classmethod
@@ -120,8 +140,10 @@ class NoiseStream(trio.abc.HalfCloseableStream):
         transport_stream: trio.abc.Stream,
         identity: LocalIdentity,
         pinned: PublicKey | None,
+        *,
         handshake_timeout: float,
         idle_timeout: float,
+        send_timeout: float,
     ) -> NoiseStream:
         session = NoiseSession(role, identity, os.urandom(32), pinned=pinned)
         return cls(
@@ -129,6 +151,7 @@ class NoiseStream(trio.abc.HalfCloseableStream):
             session,
             handshake_timeout=handshake_timeout,
             idle_timeout=idle_timeout,
+            send_timeout=send_timeout,
         )
 
     # ---- introspection -----------------------------------------------------------------
@@ -166,6 +189,17 @@ class NoiseStream(trio.abc.HalfCloseableStream):
             return await self.transport_stream.receive_some(_TRANSPORT_RECEIVE_SIZE)
         raise RemoteProtocolError(f"peer sent nothing for {self._idle_timeout:g} s")
 
+    async def _send_raw(self, data: bytes | bytearray | memoryview) -> None:
+        # The caller marks the stream broken for sending if this raises: the peer may hold
+        # part of a Noise message.
+        if self._send_timeout == math.inf:
+            await self.transport_stream.send_all(data)
+            return
+        with trio.move_on_after(self._send_timeout):
+            await self.transport_stream.send_all(data)
+            return
+        raise RemoteProtocolError(f"peer did not read for {self._send_timeout:g} s")
+
     # ---- handshake ---------------------------------------------------------------------
 
     async def do_handshake(self) -> PublicKey:
@@ -199,12 +233,12 @@ class NoiseStream(trio.abc.HalfCloseableStream):
     async def _run_handshake(self) -> PublicKey:
         session = self._session
         if session.role is Role.INITIATOR:
-            await self.transport_stream.send_all(session.initiate())
+            await self._send_raw(session.initiate())
         while True:
             event = session.next_event()
             outgoing = session.data_to_send()
             if outgoing:
-                await self.transport_stream.send_all(outgoing)
+                await self._send_raw(outgoing)
             if isinstance(event, HandshakeComplete):
                 return event.peer
             if event is NEED_DATA:
@@ -290,17 +324,17 @@ class NoiseStream(trio.abc.HalfCloseableStream):
             view = memoryview(data)
             size = len(view)
             try:
-                for start in range(0, size, _SEND_GROUP):
-                    chunk = view[start : start + _SEND_GROUP]
+                for start in range(0, size, SEND_CHUNK_SIZE):
+                    chunk = view[start : start + SEND_CHUNK_SIZE]
                     buffer = self._send_buffer
                     if len(buffer) < NoiseSession.sealed_size(len(chunk)):
                         buffer = self._send_buffer = bytearray(
-                            NoiseSession.sealed_size(min(size, _SEND_GROUP))
+                            NoiseSession.sealed_size(min(size, SEND_CHUNK_SIZE))
                         )
                     written = self._session.send_into(buffer, chunk)
                     # One buffer serves every send: send_all is done with it when it returns.
                     with memoryview(buffer)[:written] as ciphertext:
-                        await self.transport_stream.send_all(ciphertext)
+                        await self._send_raw(ciphertext)
             except BaseException:
                 # Part of a Noise message may be on the wire (or the session failed, e.g. on
                 # nonce exhaustion): nothing may follow it.
@@ -330,7 +364,7 @@ class NoiseStream(trio.abc.HalfCloseableStream):
                 await trio.lowlevel.checkpoint()
                 return
             try:
-                await self.transport_stream.send_all(frame)
+                await self._send_raw(frame)
             except BaseException:
                 self._send_broken = True
                 raise
