@@ -25,12 +25,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests import factories as f  # noqa: E402
-from trustix_p2p.control.client import ControlClient, submit_leaves  # noqa: E402
-from trustix_p2p.errors import NodeUnavailableError, TrustixError  # noqa: E402
-from trustix_p2p.keyfile import write_key_file  # noqa: E402
-from trustix_p2p.ownlog import OwnLog  # noqa: E402
-from trustix_p2p.storage import Store  # noqa: E402
+from tests import factories as f
+from trustix_p2p.control.client import ControlClient, submit_leaves
+from trustix_p2p.errors import NodeUnavailableError, TrustixError
+from trustix_p2p.keyfile import write_key_file
+from trustix_p2p.ownlog import OwnLog
+from trustix_p2p.storage import Store
 
 KEY = f.key("soak")
 

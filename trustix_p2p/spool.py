@@ -14,13 +14,14 @@ freeze or exhaust the node, nor block its start-up.  So the reader is strict:
   never stats or opens an entry.  A missing folder is an empty spool; a folder that is not a
   directory or cannot be listed raises `SpoolFileUnusable` naming it.
 * `read_spool` accepts only a regular file owned by our effective uid (or by root, as whose
-  post-build hook writes them).  It never follows a symbolic link (`O_NOFOLLOW`), never blocks on a FIFO (`O_NONBLOCK`, and a FIFO is refused
-  before anything is read), never opens a device, refuses directories and sockets, and checks
-  the very descriptor it reads (`fstat`).  Anything else raises `SpoolFileUnusable` with a
-  one-line reason; a file that vanished raises `SpoolFileVanished`, which a caller may ignore
-  quietly (another ingester, or the operator, took it).  A file over `MAX_SPOOL_FILE` bytes is
-  refused before it is read, and at most `MAX_SPOOL_FILE + 1` bytes are ever read, so a file
-  that grows while read cannot exhaust memory (`DecodeError`).
+  post-build hook writes them). It never follows a symbolic link (`O_NOFOLLOW`), never blocks on a
+  FIFO (`O_NONBLOCK`, and a FIFO is refused before anything is read), never opens a device,
+  refuses directories and sockets, and checks the very descriptor it reads (`fstat`). Anything
+  else raises `SpoolFileUnusable` with a one-line reason; a file that vanished raises
+  `SpoolFileVanished`, which a caller may ignore quietly (another ingester, or the operator, took
+  it). A file over `MAX_SPOOL_FILE` bytes is refused before it is read, and at most
+  `MAX_SPOOL_FILE + 1` bytes are ever read, so a file that grows while read cannot exhaust memory
+  (`DecodeError`).
 * The content must be exactly one msgpack array of at most `MAX_SPOOL_LEAVES` byte strings,
   each at most `MAX_ENTRY_BYTES` long, and nothing after it.  The type of each element is
   checked before it is decoded, so no string, map, extension or nested container is ever
