@@ -27,9 +27,11 @@ import errno
 import ipaddress
 import json
 import os
+import resource
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -368,12 +370,86 @@ def ping_flood(target: NodeTarget, deadline: float, *, connections: int = 20) ->
     return f"{notes}, {sent[0]} Pings sent"
 
 
+# ---- control-socket floods (the owner-only socket, from the node's own user) --------------------
+
+
+def control_nested_frames(target: NodeTarget, deadline: float) -> str:
+    """Frames of 16 MiB of nested empty arrays, one after another, four at a time."""
+    inner = (16 << 20) - 64
+    body = b"\x92\xa6submit\xdd" + struct.pack(">I", inner) + b"\x90" * inner
+    frame = struct.pack(">I", len(body)) + body
+    sent = 0
+
+    def one() -> None:
+        nonlocal sent
+        while time.monotonic() < deadline and sent < 200:
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(30)
+            try:
+                s.connect(str(target.control_socket))
+                s.sendall(frame)
+                s.recv(4096)
+                sent += 1
+            except OSError:
+                pass
+            finally:
+                s.close()
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return f"{sent} frames of 16 MiB sent and refused"
+
+
+def control_idle_and_unread(target: NodeTarget, deadline: float) -> str:
+    """500 idle clients plus 64 that pipeline lookups and never read a reply."""
+    idle = []
+    for _ in range(500):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(target.control_socket))
+        idle.append(s)
+    request = struct.pack(">I", 8) + b"\x91\xa6status"
+    flooders = []
+    for _ in range(64):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(target.control_socket))
+        s.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            for _ in range(100_000):
+                s.send(request)
+        flooders.append(s)
+    worst = 0.0
+    answered = 0
+    while time.monotonic() < deadline:
+        t0 = time.monotonic()
+        probe = socket.socket(socket.AF_UNIX)
+        probe.settimeout(10)
+        try:
+            probe.connect(str(target.control_socket))
+            probe.sendall(request)
+            if probe.recv(4):
+                answered += 1
+        except OSError:
+            pass
+        finally:
+            probe.close()
+        worst = max(worst, time.monotonic() - t0)
+        time.sleep(0.2)
+    for s in idle + flooders:
+        s.close()
+    return f"status answered {answered} times, slowest {worst * 1000:.0f} ms"
+
+
 FLOODS: list[tuple[str, Flood]] = [
     ("none (baseline)", no_flood),
     ("300 silent TCP, 1 source", partial(silent_flood, sources=["127.0.0.2"])),
     ("300 silent TCP, 39 sources", partial(silent_flood, sources=MANY_SOURCES)),
     ("20 x 4 MiB nested arrays", nested_array_flood),
     ("20 Ping flooders, no reads", ping_flood),
+    ("control: 16 MiB nested-array frames", control_nested_frames),
+    ("control: 500 idle + 64 unread", control_idle_and_unread),
 ]
 
 
@@ -438,6 +514,9 @@ def run_flood(name: str, flood: Flood, workdir: Path, cap_mb: int) -> Row:
 
 
 def main() -> None:
+    # The control-socket floods hold several hundred sockets at once.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
     parser = argparse.ArgumentParser(description="A real node process under connection floods.")
     parser.add_argument("--rss-cap-mb", type=int, default=2048, help="kill the node above this")
     parser.add_argument("--only", metavar="TEXT", help="run only the floods whose name has TEXT")
