@@ -428,3 +428,21 @@ def test_a_full_disk_is_refused_and_the_node_recovers_when_space_returns(tmp_pat
             assert log.size == len(acked) and log.verify().ok
     finally:
         umount(disk)
+
+
+def test_a_checkpoint_file_that_cannot_be_written_means_no_checkpoint_yet(tmp_path: Path) -> None:
+    from trustix_p2p.errors import StoreWriteError
+
+    key = f.key("unwritable-file")
+    state = tmp_path / "state"
+    state.mkdir()
+    with Store(state / "db") as store:
+        own = OwnLog.open(store, key, state)
+        own.append([f.record(i) for i in range(3)])
+        (state / CHECKPOINT_FILE).mkdir()  # as good as a full disk for os.replace
+        with pytest.raises(StoreWriteError, match="cannot write the checkpoint file"):
+            own.sign(1)
+        assert own.log.checkpoint() is None  # nothing published that the file does not hold
+        (state / CHECKPOINT_FILE).rmdir()
+        signed = own.sign(2)
+        assert signed is not None and own.log.checkpoint() == signed

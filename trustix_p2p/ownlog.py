@@ -32,7 +32,13 @@ import attrs
 from trustix_p2p.core.checkpoint import Checkpoint, SignedCheckpoint, origin_for, sign_checkpoint
 from trustix_p2p.core.checkpoint import verify_checkpoint as verify_note
 from trustix_p2p.core.keys import PrivateKey
-from trustix_p2p.errors import DecodeError, StoreCorruptError, StoreError, VerificationError
+from trustix_p2p.errors import (
+    DecodeError,
+    StoreCorruptError,
+    StoreError,
+    StoreWriteError,
+    VerificationError,
+)
 from trustix_p2p.storage import LeafRecord, LogStore, Store
 
 __all__ = ["CHECKPOINT_FILE", "OwnLog", "StaleStoreError", "read_checkpoint_file"]
@@ -63,6 +69,16 @@ def read_checkpoint_file(path: Path) -> bytes | None:
 
 
 def _write_checkpoint_file(path: Path, note: bytes) -> None:
+    """Write the file atomically and durably; StoreWriteError (retry later) if it fails."""
+    try:
+        _write_atomically(path, note)
+    except OSError as exc:
+        raise StoreWriteError(
+            f"cannot write the checkpoint file {path}: {exc.strerror or exc}"
+        ) from exc
+
+
+def _write_atomically(path: Path, note: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
@@ -164,6 +180,10 @@ class OwnLog:
         disagrees with the stored leaves raises StoreCorruptError and is never signed.
         """
         log = self.log
+        if log.store.broken is not None:
+            raise StoreWriteError(
+                f"the store is not writable until it is reopened: {log.store.broken}"
+            )
         previous = log.checkpoint()
         size = log.size
         if previous is not None and previous.checkpoint.size == size:
