@@ -20,16 +20,21 @@ from trustix_p2p.transport.connection import (
     ping,
     run_connection,
 )
+from trustix_p2p.transport.network import TCP, MemoryNetwork, Network, TcpNetwork
 from trustix_p2p.transport.server import Handler, answer_pings, serve_noise, serve_stream
 from trustix_p2p.transport.stream import NoiseStream
 
 __all__ = [
     "CONNECTION_ERRORS",
+    "TCP",
     "Connection",
     "Handler",
+    "MemoryNetwork",
+    "Network",
     "NoiseStream",
     "PeerAddress",
     "PeerUnreachableError",
+    "TcpNetwork",
     "TransportLimits",
     "answer_pings",
     "connect",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import math
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
@@ -34,7 +35,9 @@ from trustix_p2p.core.wire import (
 )
 from trustix_p2p.errors import ConfigError, LocalProtocolError, RemoteProtocolError, TrustixError
 from trustix_p2p.transport.address import PeerAddress, parse_peer_address
-from trustix_p2p.transport.stream import SEND_CHUNK_SIZE, NoiseStream
+from trustix_p2p.transport.network import TCP, Network
+from trustix_p2p.transport.secure import secure_stream
+from trustix_p2p.transport.stream import SEND_CHUNK_SIZE
 
 __all__ = [
     "CONNECTION_ERRORS",
@@ -134,7 +137,8 @@ class Connection:
     Several tasks may send at once; one task at a time may call `receive_message`.
     """
 
-    stream: NoiseStream
+    # A NoiseStream, or on an in-memory network without Noise the raw stream (transport.secure).
+    stream: trio.abc.Stream
     peer_key: PublicKey
     remote_address: str
     limits: TransportLimits = attrs.field(factory=TransportLimits)
@@ -350,12 +354,23 @@ async def open_connection(
     *,
     limits: TransportLimits | None = None,
     registry: MessageRegistry = REGISTRY,
+    network: Network = TCP,
+    secure: bool = True,
+    random_bytes: Callable[[int], bytes] = os.urandom,
 ) -> AsyncIterator[Connection]:
     """`connect()`, with the batching writer running while the block runs; closes on exit.
 
     An exception from the block propagates as itself, not wrapped in an exception group.
     """
-    connection = await connect(address, key, limits=limits, registry=registry)
+    connection = await connect(
+        address,
+        key,
+        limits=limits,
+        registry=registry,
+        network=network,
+        secure=secure,
+        random_bytes=random_bytes,
+    )
     failure: Exception | None = None
     try:
         async with trio.open_nursery() as nursery:
@@ -379,44 +394,48 @@ async def connect(
     *,
     limits: TransportLimits | None = None,
     registry: MessageRegistry = REGISTRY,
+    network: Network = TCP,
+    secure: bool = True,
+    random_bytes: Callable[[int], bytes] = os.urandom,
 ) -> Connection:
-    """Dial `address` over TCP and complete the handshake within `limits.handshake_timeout`.
+    """Dial `address` and complete the handshake within `limits.handshake_timeout`.
 
-    The connection's stream bounds receives by `limits.idle_timeout` and sends by
-    `limits.send_timeout`, as the server's do.
+    Over `network` (TCP unless a simulation passes its own); `secure=False` skips Noise and is
+    allowed only on an in-memory network (`transport.secure`).  `random_bytes` makes the
+    ephemeral key.  The connection's stream bounds receives by `limits.idle_timeout` and sends
+    by `limits.send_timeout`, as the server's do.
 
-    Raises `PeerUnreachableError` if TCP fails or the peer hangs up during the handshake, and
-    `RemoteProtocolError` (incl. `NoiseError`) if the handshake fails, times out, or the peer
-    is not the key pinned in the address.
+    Raises `PeerUnreachableError` if the dial fails or the peer hangs up during the handshake,
+    and `RemoteProtocolError` (incl. `NoiseError`) if the handshake fails, times out, or the
+    peer is not the key pinned in the address.
     """
     limits = limits or TransportLimits()
     peer_address = parse_peer_address(address) if isinstance(address, str) else address
     identity = key if isinstance(key, LocalIdentity) else LocalIdentity.from_private_key(key)
     with trio.move_on_after(limits.handshake_timeout) as scope:
         try:
-            tcp = await trio.open_tcp_stream(peer_address.host, peer_address.port)
+            raw = await network.dial(peer_address.host, peer_address.port)
         except OSError as exc:
             raise PeerUnreachableError(f"cannot connect to {peer_address}: {exc}") from exc
     if scope.cancelled_caught:
         raise PeerUnreachableError(
             f"cannot connect to {peer_address}: no answer within {limits.handshake_timeout:g} s"
         )
-    stream = NoiseStream.initiator(
-        tcp,
-        identity,
-        pinned=peer_address.key,
-        handshake_timeout=limits.handshake_timeout,
-        idle_timeout=limits.idle_timeout,
-        send_timeout=limits.send_timeout,
-    )
     try:
-        peer = await stream.do_handshake()
+        stream, peer = await secure_stream(
+            raw,
+            identity,
+            initiator=True,
+            network=network,
+            secure=secure,
+            pinned=peer_address.key,
+            handshake_timeout=limits.handshake_timeout,
+            idle_timeout=limits.idle_timeout,
+            send_timeout=limits.send_timeout,
+            random_bytes=random_bytes,
+        )
     except trio.BrokenResourceError as exc:
-        await trio.aclose_forcefully(stream)
         raise PeerUnreachableError(f"{peer_address}: {exc}") from exc
-    except BaseException:
-        await trio.aclose_forcefully(stream)
-        raise
     return Connection(stream, peer, str(peer_address), limits, registry)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Final
@@ -29,7 +30,7 @@ from trustix_p2p.core.keys import PrivateKey
 from trustix_p2p.core.noise import LocalIdentity
 from trustix_p2p.core.wire import REGISTRY, Error, MessageRegistry, Ping, Pong
 from trustix_p2p.errors import ConfigError, LocalProtocolError, RemoteProtocolError
-from trustix_p2p.transport.address import format_host_port, parse_listen_address
+from trustix_p2p.transport.address import parse_listen_address
 from trustix_p2p.transport.admission import Admission, Refused, Ticket
 from trustix_p2p.transport.connection import (
     CONNECTION_ERRORS,
@@ -37,7 +38,8 @@ from trustix_p2p.transport.connection import (
     TransportLimits,
     run_connection,
 )
-from trustix_p2p.transport.stream import NoiseStream
+from trustix_p2p.transport.network import TCP, Listener, Network
+from trustix_p2p.transport.secure import secure_stream
 
 __all__ = ["Handler", "answer_pings", "serve_noise", "serve_stream"]
 
@@ -103,6 +105,15 @@ async def serve_stream(
     )
 
 
+@attrs.frozen
+class _Security:
+    """How accepted streams are secured (see `transport.secure`)."""
+
+    network: Network = TCP
+    secure: bool = True
+    random_bytes: Callable[[int], bytes] = os.urandom
+
+
 async def _serve_stream(
     transport_stream: trio.abc.Stream,
     identity: LocalIdentity,
@@ -112,20 +123,27 @@ async def _serve_stream(
     remote: str,
     admit: Callable[[], str | None] | None = None,
     throttled: _Throttled | None = None,
+    security: _Security | None = None,
 ) -> None:
     throttled = throttled or _Throttled()
+    security = security or _Security()
     # `admit` runs once the handshake completes: None lets the connection in, a string is
     # why it is refused (it is then told so and closed).
-    stream = NoiseStream.responder(
-        transport_stream,
-        identity,
-        handshake_timeout=limits.handshake_timeout,
-        idle_timeout=limits.idle_timeout,
-        send_timeout=limits.send_timeout,
-    )
+    stream: trio.abc.Stream = transport_stream
     try:
         try:
-            peer = await stream.do_handshake()
+            stream, peer = await secure_stream(
+                transport_stream,
+                identity,
+                initiator=False,
+                network=security.network,
+                secure=security.secure,
+                pinned=None,
+                handshake_timeout=limits.handshake_timeout,
+                idle_timeout=limits.idle_timeout,
+                send_timeout=limits.send_timeout,
+                random_bytes=security.random_bytes,
+            )
         except CONNECTION_ERRORS as exc:
             throttled.info("handshake", "handshake with %s failed: %s", remote, exc)
             return
@@ -188,6 +206,7 @@ class _Server:
     handler: Handler
     limits: TransportLimits
     registry: MessageRegistry
+    security: _Security = attrs.field(factory=_Security)
     admission: Admission = attrs.field(init=False)
     _log: _Throttled = attrs.field(init=False, factory=_Throttled)
     # Pending handshakes, and how to end each one if it is evicted.
@@ -199,10 +218,6 @@ class _Server:
             max_established=self.limits.max_connections,
             max_per_source=self.limits.max_connections_per_source,
         )
-
-    async def handle_tcp(self, tcp: trio.SocketStream) -> None:
-        source, remote = _remote_of(tcp)
-        await self.handle_stream(tcp, source, remote)
 
     async def handle_stream(self, stream: trio.abc.Stream, source: str, remote: str) -> None:
         """Admit and serve one accepted stream from IP address `source` (named `remote`)."""
@@ -227,6 +242,7 @@ class _Server:
                     remote,
                     admit=partial(self._establish, ticket),
                     throttled=self._log,
+                    security=self.security,
                 )
         finally:
             self._pending.pop(ticket, None)
@@ -264,18 +280,6 @@ async def _say_goodbye(connection: Connection, reason: str) -> None:
             pass
 
 
-def _remote_of(tcp: trio.SocketStream) -> tuple[str, str]:
-    """The peer's IP address (the per-source key) and its `host:port` name for the log."""
-    try:
-        peername = tcp.socket.getpeername()
-    except OSError:
-        return "<unknown>", "<unknown>"
-    if isinstance(peername, tuple):
-        host = str(peername[0])
-        return host, format_host_port(host, int(peername[1]))
-    return str(peername), str(peername)
-
-
 async def serve_noise(
     listen: Sequence[str],
     key: PrivateKey,
@@ -283,34 +287,63 @@ async def serve_noise(
     *,
     limits: TransportLimits | None = None,
     registry: MessageRegistry = REGISTRY,
+    network: Network = TCP,
+    secure: bool = True,
+    random_bytes: Callable[[int], bytes] = os.urandom,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve Noise connections on every `host:port` in `listen` until cancelled.
+    """Serve connections on every `host:port` in `listen` until cancelled.
 
-    `task_status.started()` reports the bound addresses as `host:port` strings (so port 0
-    can be used in tests).  Raises `ConfigError` for a malformed listen
-    address and `OSError` if an address cannot be bound.
+    Over `network` (TCP unless a simulation passes its own), secured with Noise unless
+    `secure=False` on an in-memory network.  `task_status.started()` reports the bound
+    addresses as `host:port` strings (so port 0 can be used in tests).  Raises `ConfigError`
+    for a malformed listen address and `OSError` if an address cannot be bound.
     """
     limits = limits or TransportLimits()
     if not listen:
         raise ConfigError("serve_noise needs at least one listen address")
+    if not secure and not network.allows_plain:
+        raise ConfigError("connections without Noise are allowed only on an in-memory network")
     parsed = [parse_listen_address(text) for text in listen]
-    listeners: list[trio.SocketListener] = []
+    listeners: list[Listener] = []
     try:
         for host, port in parsed:
-            listeners.extend(await trio.open_tcp_listeners(port, host=host))
+            listeners.extend(await network.listen(host, port))
     except BaseException:
         for listener in listeners:
-            await trio.aclose_forcefully(listener)
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
         raise
-    bound = [_listener_name(listener) for listener in listeners]
-    server = _Server(LocalIdentity.from_private_key(key), handler, limits, registry)
-    logger.info("listening for Noise connections on %s", ", ".join(bound))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(trio.serve_listeners, server.handle_tcp, listeners)
-        task_status.started(bound)
+    bound = [listener.name for listener in listeners]
+    server = _Server(
+        LocalIdentity.from_private_key(key),
+        handler,
+        limits,
+        registry,
+        _Security(network, secure, random_bytes),
+    )
+    logger.info("listening on %s", ", ".join(bound))
+    try:
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(_accept_loop, listener, server, nursery)
+            task_status.started(bound)
+    finally:
+        for listener in listeners:
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
 
 
-def _listener_name(listener: trio.SocketListener) -> str:
-    sockname = listener.socket.getsockname()
-    return format_host_port(str(sockname[0]), int(sockname[1]))
+async def _accept_loop(listener: Listener, server: _Server, nursery: trio.Nursery) -> None:
+    while True:
+        try:
+            stream, source, remote = await listener.accept()
+        except OSError as exc:
+            # EMFILE and friends: wait a little rather than spin (trio.serve_listeners does
+            # the same for its accept errors).
+            logger.warning("accept failed on %s: %s", listener.name, exc)
+            await trio.sleep(0.1)
+            continue
+        except (trio.ClosedResourceError, trio.EndOfChannel):
+            return
+        nursery.start_soon(server.handle_stream, stream, source, remote)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import operator
 import os
+from collections.abc import Callable
 from typing import Final
 
 import trio
@@ -101,6 +102,7 @@ class NoiseStream(trio.abc.HalfCloseableStream):
         handshake_timeout: float = math.inf,
         idle_timeout: float = math.inf,
         send_timeout: float = math.inf,
+        random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> NoiseStream:
         return cls._for_role(
             Role.INITIATOR,
@@ -110,6 +112,7 @@ class NoiseStream(trio.abc.HalfCloseableStream):
             handshake_timeout=handshake_timeout,
             idle_timeout=idle_timeout,
             send_timeout=send_timeout,
+            random_bytes=random_bytes,
         )
 
     @classmethod
@@ -122,6 +125,7 @@ class NoiseStream(trio.abc.HalfCloseableStream):
         handshake_timeout: float = math.inf,
         idle_timeout: float = math.inf,
         send_timeout: float = math.inf,
+        random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> NoiseStream:
         return cls._for_role(
             Role.RESPONDER,
@@ -131,6 +135,7 @@ class NoiseStream(trio.abc.HalfCloseableStream):
             handshake_timeout=handshake_timeout,
             idle_timeout=idle_timeout,
             send_timeout=send_timeout,
+            random_bytes=random_bytes,
         )
 
     @classmethod
@@ -144,8 +149,10 @@ class NoiseStream(trio.abc.HalfCloseableStream):
         handshake_timeout: float,
         idle_timeout: float,
         send_timeout: float,
+        random_bytes: Callable[[int], bytes],
     ) -> NoiseStream:
-        session = NoiseSession(role, identity, os.urandom(32), pinned=pinned)
+        # The ephemeral key is the only randomness here; a simulation passes a seeded source.
+        session = NoiseSession(role, identity, random_bytes(32), pinned=pinned)
         return cls(
             transport_stream,
             session,
