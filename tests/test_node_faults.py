@@ -26,7 +26,7 @@ from trustix_p2p.control.client import ControlClient, submit_leaves
 from trustix_p2p.control.server import ControlLimits
 from trustix_p2p.core.entry import MAX_ENTRY_BYTES, MAX_REFERENCES, Entry, encode_entry
 from trustix_p2p.core.leaf import pack_leaf
-from trustix_p2p.errors import ConfigError, RemoteProtocolError, StoreError
+from trustix_p2p.errors import ConfigError, NodeUnavailableError, RemoteProtocolError, StoreError
 from trustix_p2p.keyfile import write_key_file
 from trustix_p2p.node import Node
 from trustix_p2p.spool import pending_spool_files, write_spool
@@ -425,3 +425,39 @@ async def test_the_largest_valid_entry_fits_and_larger_ones_are_refused_with_a_r
         await call(submit_leaves, sock, [too_many])
     with pytest.raises(RemoteProtocolError, match=r"leaves\[0\]: \d+ bytes outside \[1, 1048576\]"):
         await call(submit_leaves, sock, [b"\xc6" + bytes(MAX_ENTRY_BYTES + 1)])
+
+
+# -- one error policy --------------------------------------------------------------------
+
+
+async def test_a_bug_in_a_control_handler_closes_only_that_connection(
+    node: Node, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    sock = node.config.socket_path
+
+    def broken(self: Node) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Node, "status", broken)
+    with (
+        caplog.at_level(logging.ERROR, logger="trustix_p2p.control"),
+        pytest.raises(NodeUnavailableError),
+    ):
+        await call(ControlClient(sock).status)
+    assert "control request StatusRequest failed" in caplog.text
+    assert "RuntimeError: a bug" in caplog.text  # with its traceback
+    monkeypatch.undo()
+    assert await call(submit_leaves, sock, [f.leaf(3)]) == [0]
+    assert (await call(ControlClient(sock).status)).size == 1
+
+
+async def test_every_log_line_names_the_node(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    n = Node.open(make_config(tmp_path), name="alice")
+    with caplog.at_level(logging.INFO, logger="trustix_p2p.node"):
+        async with _run(n) as running_node:
+            await call(submit_leaves, running_node.config.socket_path, [f.leaf(1)])
+            await running_node.sign_checkpoint_now()
+    lines = [r.getMessage() for r in caplog.records if r.name == "trustix_p2p.node"]
+    assert lines and all(line.startswith("[alice] ") for line in lines), lines

@@ -31,9 +31,10 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import attrs
 import trio
@@ -54,6 +55,16 @@ from trustix_p2p.errors import (
     StoreWriteError,
     TrustixError,
 )
+from trustix_p2p.events import (
+    CheckpointSigned,
+    ConnectionClosed,
+    ConnectionOpened,
+    EntriesAppended,
+    NodeEvent,
+    PingAnswered,
+    Subscriber,
+)
+from trustix_p2p.executor import Executor, ThreadExecutor
 from trustix_p2p.keyfile import load_key_file
 from trustix_p2p.ownlog import OwnLog
 from trustix_p2p.spool import (
@@ -66,7 +77,8 @@ from trustix_p2p.spool import (
 )
 from trustix_p2p.statedir import prepare_directories
 from trustix_p2p.storage import LeafRecord, LogStore, Store
-from trustix_p2p.transport import serve_noise
+from trustix_p2p.transport import Connection, answer_pings, connect, ping, serve_noise
+from trustix_p2p.transport.network import TCP, Network
 
 log = logging.getLogger("trustix_p2p.node")
 
@@ -96,6 +108,16 @@ class Node:
     own: OwnLog | None
     clock: Callable[[], float] = time.time
     control_limits: ControlLimits = attrs.field(factory=ControlLimits)
+    # The injectable parts (see the module docstring): a simulation passes its own.
+    name: str = ""
+    network: Network = TCP
+    secure: bool = True
+    random_bytes: Callable[[int], bytes] = os.urandom
+    executor: Executor = attrs.field(factory=ThreadExecutor)
+    events: Subscriber | None = None
+    serve_control_socket: bool = True
+    ingest_spool_files: bool = True
+    log: _NodeLog = attrs.field(init=False)
     _send: trio.MemorySendChannel[_Pending] = attrs.field(init=False)
     _recv: trio.MemoryReceiveChannel[_Pending] = attrs.field(init=False)
     _write_lock: trio.Lock = attrs.field(init=False, factory=trio.Lock)
@@ -113,10 +135,22 @@ class Node:
 
     def __attrs_post_init__(self) -> None:
         self._send, self._recv = trio.open_memory_channel[_Pending](1024)
+        if not self.name:
+            self.name = self.key.public_key.to_base64()[:8] if self.key is not None else "relay"
+        # Every line names the node: a process (or a simulation) may run many.
+        self.log = _NodeLog(log, {"node": self.name})
+
+    def emit(self, event_type: type[NodeEvent], **fields: object) -> None:
+        """Hand an event to the subscriber, if there is one (see trustix_p2p.events)."""
+        if self.events is not None:
+            self.events(event_type(time=trio.current_time(), node=self.name, **fields))
 
     @classmethod
-    def open(cls, config: NodeConfig, clock: Callable[[], float] = time.time) -> Node:
-        """Open the store and the own log, refusing to start on a store that disagrees."""
+    def open(cls, config: NodeConfig, clock: Callable[[], float] = time.time, **parts: Any) -> Node:
+        """Open the store and the own log, refusing to start on a store that disagrees.
+
+        `parts` are the other injectable fields (name, network, executor, events, ...).
+        """
         prepare_directories(config)
         key = load_key_file(config.key_file) if config.key_file is not None else None
         store = Store(config.db_path)
@@ -125,7 +159,7 @@ class Node:
         except BaseException:
             store.close()
             raise
-        return cls(config, store, key, own, clock)
+        return cls(config, store, key, own, clock, **parts)
 
     @property
     def own_log(self) -> LogStore | None:
@@ -176,8 +210,8 @@ class Node:
         if now - self._last_reopen < REOPEN_INTERVAL:
             raise self.store.broken
         self._last_reopen = now
-        await trio.to_thread.run_sync(self._reopen)
-        log.info("store reopened after a failed write; writes resume")
+        await self.executor.run(self._reopen)
+        self.log.info("store reopened after a failed write; writes resume")
         self._last_write_failure_logged = -math.inf
 
     def _write_failed(self, what: str, exc: StoreWriteError) -> None:
@@ -185,7 +219,7 @@ class Node:
         now = trio.current_time()
         if now - self._last_write_failure_logged >= WRITE_FAILURE_LOG_INTERVAL:
             self._last_write_failure_logged = now
-            log.error(
+            self.log.error(
                 "cannot write %s to the store (retrying; logged once a minute): %s", what, exc
             )
 
@@ -229,7 +263,7 @@ class Node:
             async with self._write_lock:
                 try:
                     await self._ensure_writable()
-                    indices = await trio.to_thread.run_sync(own.append, all_records)
+                    indices = await self.executor.run(own.append, all_records)
                 except StoreWriteError as exc:
                     self._write_failed("submitted entries", exc)
                     for item, _ in accepted:
@@ -242,6 +276,7 @@ class Node:
                 item.indices = indices[pos : pos + len(records)]
                 pos += len(records)
                 item.done.set()
+            self.emit(EntriesAppended, count=len(all_records), size=own.log.size)
             self._notify()
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -255,12 +290,15 @@ class Node:
             previous = own.log.checkpoint()
             try:
                 await self._ensure_writable()
-                signed = await trio.to_thread.run_sync(own.sign, int(self.clock()))
+                signed = await self.executor.run(own.sign, int(self.clock()))
             except StoreWriteError as exc:
                 self._write_failed("a new checkpoint", exc)
                 return previous
         if signed is not None and signed is not previous:
-            log.info("signed checkpoint: size %d", signed.checkpoint.size)
+            self.log.info("signed checkpoint: size %d", signed.checkpoint.size)
+            self.emit(
+                CheckpointSigned, size=signed.checkpoint.size, root=signed.checkpoint.root.hex()
+            )
             self._notify()
         return signed
 
@@ -281,7 +319,7 @@ class Node:
             if len(self._spool_skipped) > 10_000:
                 self._spool_skipped.clear()
             self._spool_skipped.add(ident)
-            log.error("skipping spool entry %r: %s (cannot move it aside)", path.name, why)
+            self.log.error("skipping spool entry %r: %s (cannot move it aside)", path.name, why)
 
     def _is_skipped(self, path: Path) -> bool:
         try:
@@ -295,7 +333,7 @@ class Node:
         if target is None:
             self._skip_once(path, why)
         else:
-            log.error("moved spool entry %r aside to %s: %s", path.name, target, why)
+            self.log.error("moved spool entry %r aside to %s: %s", path.name, target, why)
 
     async def ingest_spool(self) -> int:
         """Submit every pending spool file, deleting each once all its valid leaves are durable.
@@ -310,14 +348,14 @@ class Node:
         try:
             paths = pending_spool_files(self.config.spool_path)
         except SpoolFileUnusable as exc:
-            log.error("cannot read the spool directory: %s", exc)
+            self.log.error("cannot read the spool directory: %s", exc)
             return 0
         ingested = 0
         for path in paths:
             if self._is_skipped(path):
                 continue
             try:
-                leaves = await trio.to_thread.run_sync(read_spool, path)
+                leaves = await self.executor.run(read_spool, path)
             except SpoolFileVanished:
                 continue
             except DecodeError as exc:
@@ -338,7 +376,7 @@ class Node:
                 for start in range(0, len(valid), step):
                     await self.submit(tuple(valid[start : start + step]))
             except NodeUnavailableError as exc:
-                log.warning("spool file %r kept for later: %s", path.name, exc)
+                self.log.warning("spool file %r kept for later: %s", path.name, exc)
                 return ingested
             ingested += len(valid)
             self.spool_ingested += len(valid)
@@ -348,7 +386,7 @@ class Node:
                 remove_spool(path)
             self._notify()
         if ingested:
-            log.info("ingested %d spooled entries", ingested)
+            self.log.info("ingested %d spooled entries", ingested)
         self.spool_scans += 1
         self._notify()
         return ingested
@@ -394,6 +432,56 @@ class Node:
                 hits.append(protocol.LookupHit(log_id, index, lg.leaf(index), note, proof))
         return hits
 
+    def _checkpoint_note(self, log_id: bytes | None) -> bytes | None:
+        target = self.own_log if log_id is None else self.store.log(log_id)
+        cp = target.checkpoint() if target is not None else None
+        return cp.note if cp is not None else None
+
+    # -- peers -----------------------------------------------------------------------------
+
+    async def _serve_peer(self, connection: Connection) -> None:
+        """An accepted peer connection: answer pings (gossip comes with the gossip engine)."""
+        await self._peer_session(connection, "in", answer_pings)
+
+    async def _peer_session(
+        self,
+        connection: Connection,
+        direction: str,
+        body: Callable[[Connection], Awaitable[object]],
+    ) -> object:
+        peer = connection.peer_key.to_base64()
+        self.emit(ConnectionOpened, peer=peer, direction=direction)
+        reason = "closed"
+        try:
+            return await body(connection)
+        except BaseException as exc:
+            reason = type(exc).__name__
+            raise
+        finally:
+            self.emit(ConnectionClosed, peer=peer, direction=direction, reason=reason)
+
+    async def ping_peer(self, address: str, nonce: int = 0) -> float:
+        """Dial `address`, ping it once, close; the round trip in seconds."""
+        if self.key is None:
+            raise ConfigError("a node without a key cannot dial peers")
+
+        async def one(connection: Connection) -> float:
+            rtt = await ping(connection, nonce)
+            self.emit(PingAnswered, peer=connection.peer_key.to_base64(), round_trip=rtt)
+            return rtt
+
+        connection = await connect(
+            address,
+            self.key,
+            network=self.network,
+            secure=self.secure,
+            random_bytes=self.random_bytes,
+        )
+        async with connection:
+            result = await self._peer_session(connection, "out", one)
+        assert isinstance(result, float)
+        return result
+
     async def _answer(self, request: protocol.Request) -> bytes:
         """Run one control request; TrustixErrors become error replies, bugs propagate."""
         try:
@@ -401,13 +489,13 @@ class Node:
                 case protocol.Submit(leaves):
                     return protocol.encode_ok(await self.submit(leaves))
                 case protocol.StatusRequest():
-                    return protocol.encode_ok(protocol.status_to_wire(self.status()))
+                    status = await self.executor.run(self.status)
+                    return protocol.encode_ok(protocol.status_to_wire(status))
                 case protocol.CheckpointRequest(log_id):
-                    target = self.own_log if log_id is None else self.store.log(log_id)
-                    cp = target.checkpoint() if target is not None else None
-                    return protocol.encode_ok(cp.note if cp is not None else None)
+                    note = await self.executor.run(self._checkpoint_note, log_id)
+                    return protocol.encode_ok(note)
                 case protocol.LookupRequest(out_path):
-                    hits = self.lookup(out_path)
+                    hits = await self.executor.run(self.lookup, out_path)
                     return protocol.encode_ok([protocol.hit_to_wire(h) for h in hits])
         except NodeUnavailableError as exc:
             return protocol.encode_unavailable(str(exc))
@@ -427,9 +515,10 @@ class Node:
             async with trio.open_nursery() as nursery:
                 if self.own is not None:
                     nursery.start_soon(self._writer)
-                    await self.ingest_spool()
+                    if self.ingest_spool_files:
+                        await self.ingest_spool()
+                        nursery.start_soon(self._spool_loop)
                     nursery.start_soon(self._checkpointer)
-                    nursery.start_soon(self._spool_loop)
                 if self.key is not None and self.config.listen:
                     try:
                         bound = await nursery.start(serve_noise, list(self.config.listen), self.key)
@@ -440,14 +529,15 @@ class Node:
                         ) from exc
                     self.listening = tuple(bound)
                 # Last: once the control socket answers, everything it reports is running.
-                await nursery.start(
-                    partial(serve_control, limits=self.control_limits),
-                    self.config.socket_path,
-                    self._answer,
-                )
+                if self.serve_control_socket:
+                    await nursery.start(
+                        partial(serve_control, limits=self.control_limits),
+                        self.config.socket_path,
+                        self._answer,
+                    )
                 if install_signal_handlers:
                     nursery.start_soon(self._watch_signals, nursery.cancel_scope)
-                log.info(
+                self.log.info(
                     "node ready: control socket %s, peers on %s%s",
                     self.config.socket_path,
                     ", ".join(self.listening) or "nothing (no key_file)",
@@ -462,14 +552,22 @@ class Node:
                 try:
                     await self.sign_checkpoint_now()
                 except StoreError as exc:
-                    log.error("no final checkpoint: %s", exc)
+                    self.log.error("no final checkpoint: %s", exc)
 
     async def _watch_signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
-                log.info("received signal %d, shutting down", signum)
+                self.log.info("received signal %d, shutting down", signum)
                 scope.cancel()
                 return
+
+
+class _NodeLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The node's logger: every line starts with the node's name."""
+
+    def process(self, msg: object, kwargs: MutableMapping[str, Any]) -> tuple[object, Any]:
+        assert self.extra is not None
+        return f"[{self.extra['node']}] {msg}", kwargs
 
 
 def _raise_first_trustix_error(group: BaseExceptionGroup[BaseException]) -> None:

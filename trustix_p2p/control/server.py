@@ -148,7 +148,15 @@ class _Server:
             except DecodeError as exc:
                 await self._send(stream, protocol.encode_error(str(exc)))
                 return
-            reply = await self.handler(request)
+            try:
+                reply = await self.handler(request)
+            except Exception:
+                # A bug in a handler: logged with its traceback, and it ends only this
+                # connection (the same policy as for peer connections); the node runs on.
+                log.exception(
+                    "control request %s failed; closing that connection", type(request).__name__
+                )
+                return
             if not await self._send(stream, reply):
                 return
 
