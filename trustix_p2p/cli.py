@@ -28,6 +28,7 @@ _COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "trustix_p2p.commands.demo": ("demo",),
     "trustix_p2p.commands.net": ("ping",),
     "trustix_p2p.commands.nix": ("nar-hash", "nix-hook", "submit"),
+    "trustix_p2p.commands.config": ("config",),
 }
 
 

@@ -2,8 +2,9 @@
 
 `trustix_p2p.config` builds its `NodeConfig` from what `read_config` returns; the Nix
 post-build hook uses it directly, because the hook runs once per build and pays for every
-import (this module loads neither attrs nor pathlib).  Both therefore accept exactly the same
-files with the same messages.
+import (this module loads neither attrs nor pathlib).  Both therefore accept exactly the
+same files with the same messages.  What the options are, their types, defaults and
+bounds, is `trustix_p2p.options.OPTIONS`; nothing here repeats it.
 
 Relative paths in the file are resolved against the file's own directory, so a state
 directory can be moved along with its config.  Unknown keys are an error (a typo must not
@@ -14,9 +15,16 @@ from __future__ import annotations
 
 import os
 import tomllib
-from typing import Any
 
 from trustix_p2p.errors import ConfigError
+from trustix_p2p.options import NUMBER, OPTIONS, OPTIONS_BY_NAME, PATH, STRINGS
+
+# Not `from typing import TYPE_CHECKING`, as in the hook's other modules: importing typing
+# costs milliseconds on every build.  (tomllib loads it today when a file is read; this module
+# does not add a need of its own.)  Type checkers treat this name as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "CONFIG_ENV",
@@ -24,8 +32,12 @@ __all__ = [
     "SOCKET_NAME",
     "SPOOL_NAME",
     "check_options",
+    "config_dir",
     "default_config_file",
+    "find_problems",
+    "problem_message",
     "read_config",
+    "read_toml",
     "socket_path",
     "spool_path",
 ]
@@ -37,79 +49,86 @@ SOCKET_NAME = "control.sock"
 SPOOL_NAME = "spool"
 MAX_CONFIG_BYTES = 1 << 20
 
-_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "state_dir": str,
-    "key_file": str,
-    "control_socket": str,
-    "spool_dir": str,
-    "checkpoint_interval": (int, float),
-    "spool_poll_interval": (int, float),
-    "listen": list,
-    "seeds": list,
-    "max_submit_batch": int,
-    "log_level": str,
-}
-
 
 def default_config_file() -> str:
     """$TRUSTIX_P2P_CONFIG if set, else /etc/trustix-p2p/node.toml."""
     return os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
 
 
+def problem_message(problem: tuple[str, str]) -> str:
+    """The one line a `ConfigError` says for an (option, reason) pair."""
+    option, reason = problem
+    return f"configuration option {option!r}: {reason}"
+
+
+def find_problems(
+    data: dict[str, Any], base_dir: str
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Check a parsed TOML table against `trustix_p2p.options.OPTIONS`, finding every problem.
+
+    Returns the value of every option that is fine (defaults filled in, numbers as floats,
+    arrays as tuples, paths absolute strings or None) and the problems as (option, reason)
+    pairs: unknown options first, then the table's options in its order.  A bad option is
+    left out of the values, so they are complete exactly when there are no problems.
+    """
+    problems = [(key, _unknown(key)) for key in sorted(set(data) - set(OPTIONS_BY_NAME))]
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        name = option.name
+        if name not in data:
+            if option.required:
+                problems.append((name, f"missing; every configuration needs {name!r}"))
+            else:
+                values[name] = option.default
+            continue
+        value = data[name]
+        reason = option.why_invalid(value)
+        if reason is not None:
+            problems.append((name, reason))
+        elif option.kind == PATH:
+            path = os.path.expanduser(value)
+            values[name] = path if os.path.isabs(path) else os.path.join(base_dir, path)
+        elif option.kind == NUMBER:
+            values[name] = float(value)
+        elif option.kind == STRINGS:
+            values[name] = tuple(value)
+        else:
+            values[name] = value
+    return values, problems
+
+
+def _unknown(key: str) -> str:
+    import difflib  # only for a file with a typo in it
+
+    close = difflib.get_close_matches(key, list(OPTIONS_BY_NAME), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown configuration option{hint}"
+
+
 def check_options(data: dict[str, Any], base_dir: str) -> dict[str, Any]:
     """Validate a parsed TOML table; every option, defaults filled in, paths absolute.
 
-    Paths are strings (`None` when unset); `ConfigError` names the bad key.
+    Paths are strings (`None` when unset).  `ConfigError` names the first bad option (see
+    `find_problems` for all of them).
     """
-    unknown = sorted(set(data) - set(_FIELDS))
-    if unknown:
-        raise ConfigError(f"unknown configuration option(s): {', '.join(unknown)}")
-    for key, typ in _FIELDS.items():
-        if key in data and (not isinstance(data[key], typ) or isinstance(data[key], bool)):
-            raise ConfigError(f"configuration option {key!r} has the wrong type")
-    if "state_dir" not in data:
-        raise ConfigError("configuration needs 'state_dir'")
-
-    def path(key: str) -> str | None:
-        value = data.get(key)
-        if value is None:
-            return None
-        p = os.path.expanduser(value)
-        return p if os.path.isabs(p) else os.path.join(base_dir, p)
-
-    interval = float(data.get("checkpoint_interval", 2.0))
-    if not 0.01 <= interval <= 86400:
-        raise ConfigError("checkpoint_interval must be between 0.01 and 86400 seconds")
-    poll = float(data.get("spool_poll_interval", 1.0))
-    if not 0.01 <= poll <= 3600:
-        raise ConfigError("spool_poll_interval must be between 0.01 and 3600 seconds")
-    batch = int(data.get("max_submit_batch", 10_000))
-    if not 1 <= batch <= 1_000_000:
-        raise ConfigError("max_submit_batch must be between 1 and 1000000")
-    listen = data.get("listen", ["127.0.0.1:0"])
-    seeds = data.get("seeds", [])
-    for name, items in (("listen", listen), ("seeds", seeds)):
-        if not all(isinstance(x, str) for x in items) or len(items) > 1024:
-            raise ConfigError(f"{name!r} must be a list of address strings")
-    level = data.get("log_level", "info")
-    if level not in ("debug", "info", "warning", "error"):
-        raise ConfigError("log_level must be one of debug, info, warning, error")
-    return {
-        "state_dir": path("state_dir"),
-        "key_file": path("key_file"),
-        "control_socket": path("control_socket"),
-        "spool_dir": path("spool_dir"),
-        "checkpoint_interval": interval,
-        "spool_poll_interval": poll,
-        "listen": tuple(listen),
-        "seeds": tuple(seeds),
-        "max_submit_batch": batch,
-        "log_level": level,
-    }
+    values, problems = find_problems(data, base_dir)
+    _raise_first(problems)
+    return values
 
 
-def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and validate a node's TOML configuration file (see `check_options`)."""
+def _raise_first(problems: list[tuple[str, str]], file: str | None = None) -> None:
+    if not problems:
+        return
+    message = problem_message(problems[0])
+    if len(problems) > 1:
+        lister = f"; 'trustix-p2p config check {file}' lists them" if file else ""
+        more = len(problems) - 1
+        message += f" (and {more} more problem{'s' if more > 1 else ''}{lister})"
+    raise ConfigError(message)
+
+
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The TOML table in a configuration file, unchecked; `ConfigError` if it has none."""
     name = os.fspath(path)
     try:
         with open(name, "rb") as f:
@@ -119,10 +138,21 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(f"configuration {name} is larger than 1 MiB")
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        return tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"configuration {name} is not valid TOML: {exc}") from exc
-    return check_options(data, os.path.dirname(os.path.realpath(name)))
+
+
+def config_dir(path: str | os.PathLike[str]) -> str:
+    """The directory relative paths in the configuration file `path` are resolved against."""
+    return os.path.dirname(os.path.realpath(os.fspath(path)))
+
+
+def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate a node's TOML configuration file (see `check_options`)."""
+    values, problems = find_problems(read_toml(path), config_dir(path))
+    _raise_first(problems, os.fspath(path))
+    return values
 
 
 def socket_path(options: dict[str, Any]) -> str:

@@ -473,6 +473,7 @@ class Node:
         connection = await connect(
             address,
             self.key,
+            limits=self.config.transport_limits(),
             network=self.network,
             secure=self.secure,
             random_bytes=self.random_bytes,
@@ -521,7 +522,18 @@ class Node:
                     nursery.start_soon(self._checkpointer)
                 if self.key is not None and self.config.listen:
                     try:
-                        bound = await nursery.start(serve_noise, list(self.config.listen), self.key)
+                        bound = await nursery.start(
+                            partial(
+                                serve_noise,
+                                limits=self.config.transport_limits(),
+                                network=self.network,
+                                secure=self.secure,
+                                random_bytes=self.random_bytes,
+                            ),
+                            list(self.config.listen),
+                            self.key,
+                            self._serve_peer,
+                        )
                     except OSError as exc:
                         raise ConfigError(
                             f"listen: cannot listen on {', '.join(self.config.listen)}: "
