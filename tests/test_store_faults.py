@@ -1,6 +1,11 @@
 """An honest builder never signs a history that does not extend its last one, whatever
 happened to its store: a lost write-ahead-log tail, a missing CURRENT, flipped bits, truncated
-tables, failed writes.  Real LevelDB files and real node processes throughout."""
+tables, failed writes.
+
+The rules of the own log (tests in process, through `OwnLog`) run on both backends: real LevelDB
+files with the checkpoint file in the state directory, and a store and checkpoint file in memory
+(tests/backends.py), since simulated nodes must refuse exactly what real ones refuse.  The rest
+is about LevelDB's files and real node processes, and runs on LevelDB only."""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests import factories as f
+from tests.backends import BACKENDS, Backend
 from tests.nodeproc import (
     assert_one_line_error,
     cli,
@@ -31,10 +37,16 @@ from trustix_p2p.errors import (
     RemoteProtocolError,
     StoreCorruptError,
     StoreError,
+    StoreWriteError,
 )
 from trustix_p2p.keyfile import load_key_file
 from trustix_p2p.ownlog import CHECKPOINT_FILE, OwnLog, StaleStoreError, read_checkpoint_file
-from trustix_p2p.storage import LogStore, Store
+from trustix_p2p.storage import Database, LogStore, Store
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    return Backend(request.param, tmp_path)
 
 
 def _append(state: Path, key_file: Path, entries: range, now: int = 1_700_000_000) -> None:
@@ -116,98 +128,169 @@ def test_a_restored_snapshot_with_another_history_is_refused(tmp_path: Path) -> 
     assert_one_line_error(proc, "does not match the checkpoint this node signed")
 
 
-def test_a_checkpoint_in_the_file_but_not_in_the_store_is_stored_again(tmp_path: Path) -> None:
+def test_a_checkpoint_in_the_file_but_not_in_the_store_is_stored_again(backend: Backend) -> None:
     # A crash after the file was written and before the store's batch: the entries were
     # durable before signing, so the checkpoint is good and is taken over.
     key = f.key("file-first")
-    state = tmp_path / "state"
-    state.mkdir()
-    with Store(state / "db") as store:
-        own = OwnLog.open(store, key, state)
+    with backend.store() as store:
+        own = backend.own_log(store, key)
         own.append([f.record(i) for i in range(7)])
         signed = sign_checkpoint(
             Checkpoint(origin_for(own.log_id), 7, own.log.frontier().root(), 1_700_000_000), key
         )
-        (state / CHECKPOINT_FILE).write_bytes(signed.note)
-    with Store(state / "db") as store:
-        own = OwnLog.open(store, key, state)
+        backend.write_checkpoint(signed.note)
+    with backend.store() as store:
+        own = backend.own_log(store, key)
         stored = own.log.checkpoint()
         assert stored is not None and stored.note == signed.note
 
 
-def test_a_checkpoint_file_older_than_the_store_is_refused(tmp_path: Path) -> None:
+def test_a_failed_store_write_after_the_checkpoint_file_is_repaired_on_open(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same crash window, reached by a write that fails: the file holds the new checkpoint,
+    # the store does not; nothing was published, and the next open stores it.
+    key = f.key("file-first")
+    with backend.store() as store:
+        own = backend.own_log(store, key)
+        own.append([f.record(i) for i in range(7)])
+        _fail_next_write(backend, monkeypatch)
+        with pytest.raises(StoreWriteError):
+            own.sign(1_700_000_000)
+        assert own.log.checkpoint() is None
+        with pytest.raises(StoreWriteError, match="until it is reopened"):
+            own.sign(1_700_000_001)
+        note = backend.read_checkpoint()
+        assert note is not None and b"\n7\n" in note
+    with backend.store() as store:
+        own = backend.own_log(store, key)
+        stored = own.log.checkpoint()
+        assert stored is not None and stored.note == note
+        assert own.sign(1_700_000_002) == stored  # nothing new to sign
+
+
+def _fail_next_write(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's next batch fails with nothing of it written (see tests/test_storage.py)."""
+    if backend.memory is not None:
+        backend.memory.fail_next_write(reason="No space left on device")
+        return
+    original = Database.write
+
+    def fail_once(self: Database, batch: object) -> None:
+        monkeypatch.setattr(Database, "write", original)
+        raise StoreWriteError("writing to the store failed: No space left on device")
+
+    monkeypatch.setattr(Database, "write", fail_once)
+
+
+def test_a_store_behind_the_last_signed_checkpoint_is_refused(backend: Backend) -> None:
+    # In process, on both backends: the store was restored from a backup older than the
+    # checkpoint file (the node-process tests above do it to LevelDB's write-ahead log).
+    key = f.key("behind")
+    with backend.store() as store:
+        own = backend.own_log(store, key)
+        own.append([f.record(i) for i in range(10)])
+        own.sign(1)
+    backup = backend.snapshot()
+    with backend.store() as store:
+        own = backend.own_log(store, key)
+        own.append([f.record(i) for i in range(10, 25)])
+        own.sign(2)
+    note = backend.read_checkpoint()
+    backend.restore(backup)
+    with backend.store() as store, pytest.raises(StaleStoreError) as info:
+        backend.own_log(store, key)
+    assert "signed a checkpoint of size 25" in str(info.value)
+    assert "holds only 10" in str(info.value)
+    assert backend.read_checkpoint() == note  # nothing was signed over the shorter store
+
+
+def test_a_store_with_another_history_is_refused(backend: Backend) -> None:
+    key = f.key("forked")
+    with backend.store() as store:
+        own = backend.own_log(store, key)
+        own.append([f.record(i) for i in range(5)])
+        own.sign(1)
+    backup = backend.snapshot()
+    with backend.store() as store:
+        own = backend.own_log(store, key)
+        own.append([f.record(i) for i in range(5, 9)])
+        own.sign(2)
+    backend.restore(backup)
+    with backend.store() as store:
+        store.open_log(key.public_key, own=True).append(
+            [f.record(i, nar_seed="other") for i in range(5, 9)]
+        )
+    with (
+        backend.store() as store,
+        pytest.raises(StaleStoreError, match="does not match the checkpoint this node signed"),
+    ):
+        backend.own_log(store, key)
+
+
+def test_a_checkpoint_file_older_than_the_store_is_refused(backend: Backend) -> None:
     key = f.key("old-file")
-    state = tmp_path / "state"
-    state.mkdir()
-    with Store(state / "db") as store:
-        own = OwnLog.open(store, key, state)
+    with backend.store() as store:
+        own = backend.own_log(store, key)
         own.append([f.record(i) for i in range(3)])
         own.sign(1)
-        old = (state / CHECKPOINT_FILE).read_bytes()
+        old = backend.read_checkpoint()
+        assert old is not None
         own.append([f.record(i) for i in range(3, 6)])
         own.sign(2)
-    (state / CHECKPOINT_FILE).write_bytes(old)
-    with Store(state / "db") as store, pytest.raises(StaleStoreError, match="older than"):
-        OwnLog.open(store, key, state)
+    backend.write_checkpoint(old)
+    with backend.store() as store, pytest.raises(StaleStoreError, match="older than"):
+        backend.own_log(store, key)
 
 
-def test_a_checkpoint_file_of_another_key_is_refused(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    state.mkdir()
-    _append(state, _key_file(tmp_path, "a"), range(2))
-    with Store(state / "db") as store, pytest.raises(StaleStoreError, match="another key"):
-        OwnLog.open(store, f.key("someone else"), state)
+def test_a_checkpoint_file_of_another_key_is_refused(backend: Backend) -> None:
+    with backend.store() as store:
+        own = backend.own_log(store, f.key("a"))
+        own.append([f.record(i) for i in range(2)])
+        own.sign(1_700_000_000)
+    with backend.store() as store, pytest.raises(StaleStoreError, match="another key"):
+        backend.own_log(store, f.key("someone else"))
 
 
-def _key_file(tmp_path: Path, name: str) -> Path:
-    from trustix_p2p.keyfile import write_key_file
-
-    path = tmp_path / f"{name}.key"
-    write_key_file(path, f.key(name))
-    return path
-
-
-def test_a_store_written_before_the_checkpoint_file_existed_gets_one(tmp_path: Path) -> None:
+def test_a_store_written_before_the_checkpoint_file_existed_gets_one(backend: Backend) -> None:
     key = f.key("upgrade")
-    state = tmp_path / "state"
-    state.mkdir()
-    _append(state, _key_file(tmp_path, "upgrade"), range(4))
-    (state / CHECKPOINT_FILE).unlink()
-    with Store(state / "db") as store:
-        own = OwnLog.open(store, key, state)
+    with backend.store() as store:
+        own = backend.own_log(store, key)
+        own.append([f.record(i) for i in range(4)])
+        own.sign(1_700_000_000)
+    backend.remove_checkpoint()
+    with backend.store() as store:
+        own = backend.own_log(store, key)
         cp = own.log.checkpoint()
         assert cp is not None
-    assert read_checkpoint_file(state / CHECKPOINT_FILE) == cp.note
+    assert backend.read_checkpoint() == cp.note
 
 
 def test_the_checkpoint_file_is_written_before_the_store_holds_the_checkpoint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     key = f.key("order")
-    state = tmp_path / "state"
-    state.mkdir()
     seen: list[bytes | None] = []
-    with Store(state / "db") as store:
-        own = OwnLog.open(store, key, state)
+    with backend.store() as store:
+        own = backend.own_log(store, key)
         own.append([f.record(0)])
         original = LogStore.set_checkpoint
 
         def spy(self, checkpoint):  # type: ignore[no-untyped-def]
-            seen.append(read_checkpoint_file(state / CHECKPOINT_FILE))
+            seen.append(backend.read_checkpoint())
             original(self, checkpoint)
 
         monkeypatch.setattr(LogStore, "set_checkpoint", spy)
         signed = own.sign(5)
     assert signed is not None and seen == [signed.note]
-    assert oct(os.stat(state / CHECKPOINT_FILE).st_mode & 0o777) == "0o600"
+    if backend.leveldb:  # a file's mode; the memory file has none
+        assert oct(os.stat(backend.state / CHECKPOINT_FILE).st_mode & 0o777) == "0o600"
 
 
-def test_a_root_that_disagrees_with_the_stored_leaves_is_never_signed(tmp_path: Path) -> None:
+def test_a_root_that_disagrees_with_the_stored_leaves_is_never_signed(backend: Backend) -> None:
     key = f.key("tampered")
-    state = tmp_path / "state"
-    state.mkdir()
-    with Store(state / "db") as store:
-        own = OwnLog.open(store, key, state)
+    with backend.store() as store:
+        own = backend.own_log(store, key)
         own.append([f.record(i) for i in range(3)])
         first = own.sign(1)
         own.append([f.record(i) for i in range(3, 8)])
@@ -221,7 +304,7 @@ def test_a_root_that_disagrees_with_the_stored_leaves_is_never_signed(tmp_path: 
         with pytest.raises(StoreCorruptError, match="entry 5"):
             own.sign(2)
         assert own.log.checkpoint() == first
-    assert read_checkpoint_file(state / CHECKPOINT_FILE) == (first.note if first else None)
+    assert backend.read_checkpoint() == (first.note if first else None)
 
 
 # -- a database is created only where there is none ----------------------------------------
@@ -430,19 +513,18 @@ def test_a_full_disk_is_refused_and_the_node_recovers_when_space_returns(tmp_pat
         umount(disk)
 
 
-def test_a_checkpoint_file_that_cannot_be_written_means_no_checkpoint_yet(tmp_path: Path) -> None:
-    from trustix_p2p.errors import StoreWriteError
-
+def test_a_checkpoint_file_that_cannot_be_written_means_no_checkpoint_yet(
+    backend: Backend,
+) -> None:
     key = f.key("unwritable-file")
-    state = tmp_path / "state"
-    state.mkdir()
-    with Store(state / "db") as store:
-        own = OwnLog.open(store, key, state)
+    with backend.store() as store:
+        own = backend.own_log(store, key)
         own.append([f.record(i) for i in range(3)])
-        (state / CHECKPOINT_FILE).mkdir()  # as good as a full disk for os.replace
+        backend.break_checkpoint_file()
         with pytest.raises(StoreWriteError, match="cannot write the checkpoint file"):
             own.sign(1)
         assert own.log.checkpoint() is None  # nothing published that the file does not hold
-        (state / CHECKPOINT_FILE).rmdir()
+        backend.mend_checkpoint_file()
+        assert backend.read_checkpoint() is None
         signed = own.sign(2)
         assert signed is not None and own.log.checkpoint() == signed

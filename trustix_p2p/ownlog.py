@@ -17,8 +17,10 @@ size.  So the last signed checkpoint is also kept outside LevelDB, in the file
   lacks (a crash between the two writes) is stored again; a missing file is recreated from the
   store's own checkpoint (a store written before this file existed).
 
-The same rules run for the node and for `trustix-p2p log append` on a stopped node.  This module
-reads and writes only the checkpoint file; time comes in as an argument.
+The same rules run for the node and for `trustix-p2p log append` on a stopped node.  A simulated
+node, whose store is in memory (`Store.in_memory()`), keeps its "checkpoint file" in memory too
+(`MemoryCheckpointFile`), under the same rules.  This module reads and writes only the checkpoint
+file; time comes in as an argument.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import attrs
 
@@ -41,7 +44,15 @@ from trustix_p2p.errors import (
 )
 from trustix_p2p.storage import LeafRecord, LogStore, Store
 
-__all__ = ["CHECKPOINT_FILE", "OwnLog", "StaleStoreError", "read_checkpoint_file"]
+__all__ = [
+    "CHECKPOINT_FILE",
+    "CheckpointFile",
+    "DiskCheckpointFile",
+    "MemoryCheckpointFile",
+    "OwnLog",
+    "StaleStoreError",
+    "read_checkpoint_file",
+]
 
 CHECKPOINT_FILE = "signed-checkpoint"
 _MAX_NOTE = 64 * 1024
@@ -61,6 +72,8 @@ def read_checkpoint_file(path: Path) -> bytes | None:
         raise StoreError(f"cannot read the checkpoint file {path}: {exc.strerror}") from exc
     try:
         data = os.read(fd, _MAX_NOTE + 1)
+    except OSError as exc:  # a directory in its place, an I/O error
+        raise StoreError(f"cannot read the checkpoint file {path}: {exc.strerror}") from exc
     finally:
         os.close(fd)
     if len(data) > _MAX_NOTE:
@@ -96,19 +109,81 @@ def _write_atomically(path: Path, note: bytes) -> None:
         os.close(dfd)
 
 
+class CheckpointFile(Protocol):
+    """Where the last signed checkpoint is kept outside the store.  `str()` names it in errors."""
+
+    def read(self) -> bytes | None:
+        """The note, or None if there is none; StoreError if it cannot be read."""
+        ...
+
+    def write(self, note: bytes) -> None:
+        """Replace the note atomically and durably; StoreWriteError (retry later) on failure."""
+
+
+@attrs.frozen
+class DiskCheckpointFile:
+    """The checkpoint file `<state_dir>/signed-checkpoint` (a node and `log append`)."""
+
+    path: Path
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def read(self) -> bytes | None:
+        return read_checkpoint_file(self.path)
+
+    def write(self, note: bytes) -> None:
+        _write_checkpoint_file(self.path, note)
+
+
+@attrs.define(eq=False)
+class MemoryCheckpointFile:
+    """A checkpoint "file" in memory, for a store in memory; it outlives the OwnLog using it.
+
+    `note` is what the file holds (tests may set it, as they would write the file);
+    `fail_next_write` makes the next writes fail as a full disk would.
+    """
+
+    note: bytes | None = None
+    _failures: int = attrs.field(default=0, init=False)
+
+    def __str__(self) -> str:
+        return "<memory>"
+
+    def read(self) -> bytes | None:
+        if self.note is not None and len(self.note) > _MAX_NOTE:
+            raise StaleStoreError(f"{self} is larger than any checkpoint")
+        return self.note
+
+    def write(self, note: bytes) -> None:
+        if self._failures:
+            self._failures -= 1
+            raise StoreWriteError(f"cannot write the checkpoint file {self}: injected failure")
+        self.note = bytes(note)
+
+    def fail_next_write(self, count: int = 1) -> None:
+        self._failures += count
+
+
 @attrs.define(eq=False)
 class OwnLog:
     """A builder's own log: its store, its key and its checkpoint file."""
 
     log: LogStore
     key: PrivateKey
-    checkpoint_file: Path
+    checkpoint_file: CheckpointFile
 
     @classmethod
-    def open(cls, store: Store, key: PrivateKey, state_dir: Path) -> OwnLog:
-        """Open (or create) the own log and check it against the last signed checkpoint."""
+    def open(cls, store: Store, key: PrivateKey, state_dir: Path | CheckpointFile) -> OwnLog:
+        """Open (or create) the own log and check it against the last signed checkpoint.
+
+        `state_dir`: the state directory (the checkpoint file is `signed-checkpoint` in it), or
+        the CheckpointFile itself (a `MemoryCheckpointFile` for a store in memory).
+        """
         log = store.open_log(key.public_key, own=True)
-        own = cls(log, key, state_dir / CHECKPOINT_FILE)
+        if isinstance(state_dir, str | os.PathLike):
+            state_dir = DiskCheckpointFile(Path(state_dir) / CHECKPOINT_FILE)
+        own = cls(log, key, state_dir)
         own.check()
         return own
 
@@ -119,11 +194,11 @@ class OwnLog:
     def check(self) -> None:
         """Refuse a store that does not hold what this builder last signed (see the module)."""
         path = self.checkpoint_file
-        note = read_checkpoint_file(path)
+        note = path.read()
         stored = self.log.checkpoint()
         if note is None:
             if stored is not None:
-                _write_checkpoint_file(path, stored.note)
+                path.write(stored.note)
             return
         try:
             signed = verify_note(note, self.key.public_key)
@@ -201,6 +276,6 @@ class OwnLog:
         if previous is not None:
             now = max(now, previous.checkpoint.time)
         signed = sign_checkpoint(Checkpoint(origin_for(log.log_id), size, root, now), self.key)
-        _write_checkpoint_file(self.checkpoint_file, signed.note)
+        self.checkpoint_file.write(signed.note)
         log.set_checkpoint(signed)
         return signed

@@ -1,7 +1,10 @@
-"""The node's LevelDB store: logs (own and mirrored), their Merkle nodes, checkpoints, indexes.
+"""The node's store: logs (own and mirrored), their Merkle nodes, checkpoints, indexes.
 
-One plyvel database per node holds many logs side by side.  Each log gets a 4-byte local
-number (so keys stay short) and its data lives under these key prefixes:
+One key-value database per node holds many logs side by side: a LevelDB (plyvel) database for a
+node, or a `MemoryDatabase` for simulations and tests (`Store.in_memory()`).  Every rule below is
+written once, here, over the small `trustix_p2p.kv.KeyValueDB` interface (get, ordered range
+reads, atomic durable batches); the backends only keep bytes, the same bytes in both.  Each log
+gets a 4-byte local number (so keys stay short) and its data lives under these key prefixes:
 
     b"I" + log_id                         -> local number (4 bytes)
     b"A" + num                            -> log metadata: msgpack [log_id, public key, own]
@@ -52,6 +55,8 @@ marker exists, or whose directory holds any file, is never created anew (a missi
 `CURRENT` would otherwise make LevelDB start an empty database over the old tables).  A failed
 write (disk full, file size limit, I/O error) raises `StoreWriteError` with nothing of the batch
 acknowledged; the store then refuses writes until `reopen()` has recovered it from its log.
+The marker, CURRENT and checksums are LevelDB's matter; a memory store touches no file, and its
+failed writes are injected (`MemoryDatabase.fail_next_write`) to test the same rules.
 
 This module must never sign anything, read a clock, or accept a checkpoint whose root it has not
 recomputed from its own stored nodes.
@@ -65,11 +70,9 @@ import struct
 from collections.abc import Callable, Iterator, Sequence
 from itertools import chain
 from pathlib import Path
-from typing import Any
 
 import attrs
 import msgpack
-import plyvel
 
 from trustix_p2p.core import merkle
 from trustix_p2p.core.checkpoint import SignedCheckpoint, verify_checkpoint
@@ -84,6 +87,21 @@ from trustix_p2p.errors import (
     TrustixError,
     VerificationError,
 )
+from trustix_p2p.kv import KeyValueDB, WriteBatch, prefix_stop
+from trustix_p2p.kv.leveldb import DB_OPTIONS, Database, open_leveldb
+from trustix_p2p.kv.memory import MemoryDatabase
+
+__all__ = [
+    "DB_OPTIONS",
+    "MARKER_SUFFIX",
+    "Database",
+    "KeyValueDB",
+    "LeafRecord",
+    "LogStore",
+    "MemoryDatabase",
+    "Store",
+    "VerifyReport",
+]
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -96,17 +114,6 @@ _TILE_WIDTH = 1 << _TILE_HEIGHT
 _TILE_BYTES = (2 * _TILE_WIDTH - 1) * _HS
 _NODE_CACHE_MAX = 1 << 18
 _EDGE_CACHE_MAX = 1 << 12
-# Hashes and leaves do not compress, and the out-path index is written in random key order:
-# bigger memtables and files mean fewer, larger compactions.
-DB_OPTIONS: dict[str, Any] = {
-    "bloom_filter_bits": 10,  # cheap misses for the deduplication index
-    "write_buffer_size": 64 << 20,
-    "max_file_size": 32 << 20,
-    "lru_cache_size": 64 << 20,
-    "compression": None,
-    # Detect damage instead of serving it: a corrupt block fails the read that meets it.
-    "paranoid_checks": True,
-}
 #: Written next to the database directory when the database is created (see the docstring).
 MARKER_SUFFIX = ".created"
 
@@ -162,106 +169,6 @@ class VerifyReport:
         return not self.problems
 
 
-class Database:
-    """The plyvel database, with checksummed reads and plyvel's errors turned into ours.
-
-    Every read verifies LevelDB's block checksums.  Reads raise `StoreCorruptError` on damage
-    and `StoreError` otherwise; `write` raises `StoreWriteError`.
-    """
-
-    __slots__ = ("_db", "path")
-
-    def __init__(self, db: Any, path: Path) -> None:
-        self._db = db
-        self.path = path
-
-    @property
-    def closed(self) -> bool:
-        return bool(self._db.closed)
-
-    def close(self) -> None:
-        if not self._db.closed:
-            self._db.close()
-
-    def _read_error(self, exc: Exception) -> StoreError:
-        if isinstance(exc, plyvel.CorruptionError):
-            return StoreCorruptError(f"the store at {self.path} is damaged: {_plyvel_message(exc)}")
-        return StoreError(f"cannot read the store at {self.path}: {_plyvel_message(exc)}")
-
-    def get(self, key: bytes) -> bytes | None:
-        try:
-            value: bytes | None = self._db.get(key, verify_checksums=True)
-        except (plyvel.Error, RuntimeError) as exc:
-            raise self._read_error(exc) from exc
-        return value
-
-    def iterator(self, **kwargs: Any) -> Iterator[Any]:
-        try:
-            it = self._db.iterator(verify_checksums=True, **kwargs)
-            yield from it
-        except (plyvel.Error, RuntimeError) as exc:
-            raise self._read_error(exc) from exc
-
-    def write_batch(self) -> Any:
-        """A new write batch; hand it to `write` (durable: sync=True)."""
-        return self._db.write_batch(sync=True)
-
-    def write(self, batch: Any) -> None:
-        try:
-            batch.write()
-        except (plyvel.Error, RuntimeError) as exc:
-            raise StoreWriteError(
-                f"writing to the store at {self.path} failed: {_plyvel_message(exc)}"
-            ) from exc
-
-    def put(self, key: bytes, value: bytes) -> None:
-        batch = self.write_batch()
-        batch.put(key, value)
-        self.write(batch)
-
-    def delete(self, key: bytes) -> None:
-        batch = self.write_batch()
-        batch.delete(key)
-        self.write(batch)
-
-    def compact(self) -> None:
-        """Compact everything into table files (tests and maintenance)."""
-        self._db.compact_range()
-
-
-def _plyvel_message(exc: Exception) -> str:
-    text = exc.args[0] if exc.args else str(exc)
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    return str(text)
-
-
-def _open_leveldb(path: Path, create: bool) -> Any:
-    try:
-        return plyvel.DB(str(path), create_if_missing=create, **DB_OPTIONS)
-    except plyvel.CorruptionError as exc:
-        raise StoreCorruptError(
-            f"the store at {path} is damaged: {_plyvel_message(exc)}; move it aside and restore "
-            "the state directory from a backup (or re-sync mirrored logs from peers)"
-        ) from exc
-    except plyvel.Error as exc:
-        message = _plyvel_message(exc)
-        lowered = message.lower()
-        if "lock" in lowered and ("unavailable" in lowered or "already held" in lowered):
-            hint = " (is a node still running on it?)"
-        elif "permission denied" in lowered:
-            hint = f" (permission denied: can this user, uid {os.geteuid()}, write it?)"
-        elif "does not exist" in lowered:
-            hint = (
-                ": its LevelDB CURRENT file is missing, so the database cannot be found; nothing "
-                "was changed. Restore CURRENT (it names the MANIFEST-* file in that directory) "
-                "or the whole directory from a backup"
-            )
-        else:
-            hint = ""
-        raise StoreError(f"cannot open the store at {path}: {message}{hint}") from exc
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -271,22 +178,85 @@ def _fsync_dir(path: Path) -> None:
 
 
 class Store:
-    """One LevelDB database holding every log a node keeps.
+    """Every log a node keeps, in one LevelDB database or in one `MemoryDatabase`.
 
-    `create=True` creates the database only if there is none yet: no marker and no files in
-    its directory.  An existing store is always opened as it is, never recreated.
+    `Store(path)` opens the LevelDB database in the directory `path`.  `create=True` creates
+    it only if there is none yet: no marker and no files in its directory.  An existing store
+    is always opened as it is, never recreated.
+
+    `Store.in_memory()` makes a store that touches no file and holds no file descriptor (for
+    simulations and tests); `Store(database)` opens a closed `MemoryDatabase` again, so a
+    simulated node can restart on the store it had.  The log rules are the same code for both.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
-        self.path = Path(path)
-        self.marker = self.path.with_name(self.path.name + MARKER_SUFFIX)
+    path: Path | None
+    marker: Path | None
+    memory: MemoryDatabase | None
+    db: KeyValueDB
+
+    def __init__(
+        self, path: str | os.PathLike[str] | MemoryDatabase, *, create: bool = True
+    ) -> None:
+        if isinstance(path, MemoryDatabase):
+            self.path = self.marker = None
+            self.memory = path
+        else:
+            self.path = Path(path)
+            self.marker = self.path.with_name(self.path.name + MARKER_SUFFIX)
+            self.memory = None
         self._create_allowed = create
         self.broken: StoreWriteError | None = None
         self.db = self._open()
         self._logs: dict[bytes, LogStore] = {}
 
-    def _open(self) -> Database:
-        path = self.path
+    @classmethod
+    def in_memory(cls, database: MemoryDatabase | None = None, *, create: bool = True) -> Store:
+        """A store in `database` (default: a new, empty one); no file is touched."""
+        return cls(MemoryDatabase() if database is None else database, create=create)
+
+    def __repr__(self) -> str:
+        where = self.path if self.memory is None else self.memory
+        return f"<Store {where}>"
+
+    def _open(self) -> KeyValueDB:
+        db: KeyValueDB
+        if self.memory is not None:
+            where = f"the memory store {self.memory.name!r}"
+            new = not len(self.memory)
+            if new and not self._create_allowed:
+                raise StoreError(f"no store in {where}: it is empty")
+            self.memory.open()
+            db = self.memory
+            needs_marker = False
+        else:
+            db, new, has_marker = self._open_leveldb()
+            where = f"the store at {self.path}"
+            needs_marker = not has_marker
+        try:
+            schema = db.get(_SCHEMA_KEY)
+            if schema is None:
+                if not new:
+                    raise StoreCorruptError(
+                        f"{where} has no schema record: it is not a trustix-p2p "
+                        "store, or it lost its data"
+                    )
+                db.put(_SCHEMA_KEY, _SCHEMA_VERSION)
+            elif schema != _SCHEMA_VERSION:
+                raise StoreError(
+                    f"{where} has schema {schema!r}; this version of trustix-p2p "
+                    f"reads schema {_SCHEMA_VERSION!r} only"
+                )
+            if needs_marker:
+                self._write_marker()
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _open_leveldb(self) -> tuple[Database, bool, bool]:
+        """The LevelDB database, whether it is new, and whether its marker exists."""
+        path, marker = self.path, self.marker
+        assert path is not None and marker is not None
         try:
             existing = os.listdir(path)
         except FileNotFoundError:
@@ -295,41 +265,22 @@ class Store:
             raise StoreError(f"the store path {path} is not a directory") from exc
         except OSError as exc:
             raise StoreError(f"cannot read the store directory {path}: {exc.strerror}") from exc
-        has_marker = self.marker.exists()
+        has_marker = marker.exists()
         new = not existing and not has_marker
         if new and not self._create_allowed:
             raise StoreError(f"no store at {path} (is this a node's state directory?)")
         if not new and existing is None:
             raise StoreError(
-                f"the store at {path} is gone, but {self.marker} says one was created there: "
+                f"the store at {path} is gone, but {marker} says one was created there: "
                 "restore the directory from a backup; a new, empty log would not extend the "
                 "checkpoints this node already signed"
             )
         if new:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        db = Database(_open_leveldb(path, create=new), path)
-        try:
-            schema = db.get(_SCHEMA_KEY)
-            if schema is None:
-                if not new:
-                    raise StoreCorruptError(
-                        f"the store at {path} has no schema record: it is not a trustix-p2p "
-                        "store, or it lost its data"
-                    )
-                db.put(_SCHEMA_KEY, _SCHEMA_VERSION)
-            elif schema != _SCHEMA_VERSION:
-                raise StoreError(
-                    f"the store at {path} has schema {schema!r}; this version of trustix-p2p "
-                    f"reads schema {_SCHEMA_VERSION!r} only"
-                )
-            if not has_marker:
-                self._write_marker()
-        except BaseException:
-            db.close()
-            raise
-        return db
+        return open_leveldb(path, create=new), new, has_marker
 
     def _write_marker(self) -> None:
+        assert self.marker is not None
         fd = os.open(self.marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, b"trustix-p2p store " + _SCHEMA_VERSION + b"\n")
@@ -339,7 +290,8 @@ class Store:
         _fsync_dir(self.marker.parent)
 
     def reopen(self) -> None:
-        """Close and reopen the database after a failed write (LevelDB recovers from its log).
+        """Close and reopen the database after a failed write (LevelDB recovers from its log;
+        a memory store has nothing to recover and touches nothing).
 
         Every log object stays valid; their in-memory state is rebuilt from the store.
         """
@@ -359,7 +311,7 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def write(self, batch: Any) -> None:
+    def write(self, batch: WriteBatch) -> None:
         """Write a batch durably; after a failure every write fails until `reopen()`."""
         if self.broken is not None:
             raise StoreWriteError(f"the store is not writable until it is reopened: {self.broken}")
@@ -370,7 +322,7 @@ class Store:
             raise
 
     def log_ids(self) -> list[bytes]:
-        return [key[1:] for key, _ in self.db.iterator(prefix=b"I")]
+        return [key[1:] for key, _ in self.db.items(b"I", b"J")]
 
     def has_log(self, log_id: bytes) -> bool:
         return self.db.get(b"I" + log_id) is not None
@@ -398,7 +350,7 @@ class Store:
         """The log of `public_key`, created empty if new.  Checks it against its checkpoint."""
         log_id = public_key.log_id()
         if not self.has_log(log_id):
-            nums = [_U32.unpack(v)[0] for _, v in self.db.iterator(prefix=b"I")]
+            nums = [_U32.unpack(v)[0] for _, v in self.db.items(b"I", b"J")]
             num = _U32.pack(max(nums, default=0) + 1)
             meta = msgpack.packb([log_id, public_key.raw, own], use_bin_type=True)
             wb = self.db.write_batch()
@@ -457,7 +409,7 @@ class LogStore:
     # -- reading -------------------------------------------------------------------------
 
     @property
-    def db(self) -> Any:
+    def db(self) -> KeyValueDB:
         return self.store.db
 
     @property
@@ -543,8 +495,7 @@ class LogStore:
 
     def _records(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
         prefix = self._prefix_e
-        it = self.db.iterator(start=prefix + _U64.pack(start), stop=prefix + _U64.pack(end))
-        for key, value in it:
+        for key, value in self.db.items(prefix + _U64.pack(start), prefix + _U64.pack(end)):
             yield _U64.unpack(key[-8:])[0], value
 
     def root(self, size: int) -> bytes:
@@ -567,7 +518,7 @@ class LogStore:
     def lookup(self, out_path: str) -> list[int]:
         """Positions of every leaf about `out_path`, in log order."""
         prefix = self._prefix_p + out_path.encode() + b"\x00"
-        return sorted(_U64.unpack(v)[0] for v in self.db.iterator(prefix=prefix, include_key=False))
+        return sorted(_U64.unpack(v)[0] for _, v in self.db.items(prefix, prefix_stop(prefix)))
 
     def index_of(self, leaf: bytes, out_path: str) -> int | None:
         """Position of this exact leaf in the own log, or None."""
@@ -590,7 +541,8 @@ class LogStore:
 
     def checkpoints(self) -> Iterator[bytes]:
         """Every checkpoint note kept for this log, smallest size first."""
-        for _, note in self.db.iterator(prefix=b"K" + self.num):
+        prefix = b"K" + self.num
+        for _, note in self.db.items(prefix, prefix_stop(prefix)):
             yield note
 
     def _check_size(self, size: int) -> None:
@@ -717,8 +669,9 @@ class LogStore:
         next_index = start
         for pos, key in enumerate(index_keys):
             existing = seen.get(key)
-            if existing is None and stored[pos] is not None:
-                existing = _U64.unpack(stored[pos])[0]
+            raw = stored[pos]
+            if existing is None and raw is not None:
+                existing = _U64.unpack(raw)[0]
             if existing is None:
                 seen[key] = next_index
                 indices.append(next_index)
@@ -752,7 +705,7 @@ class LogStore:
                 f"{previous.checkpoint.size}"
             )
 
-    def _put_checkpoint(self, wb: Any, signed: SignedCheckpoint) -> None:
+    def _put_checkpoint(self, wb: WriteBatch, signed: SignedCheckpoint) -> None:
         size = signed.checkpoint.size
         wb.put(b"C" + self.num, signed.note)
         wb.put(
@@ -902,12 +855,10 @@ class LogStore:
                 break
         if count != size and len(problems) <= 100:
             problems.append(f"{size} entries recorded but {count} stored")
-        extra = self.db.iterator(
-            start=self._prefix_t + _U64.pack(count >> _TILE_HEIGHT),
-            stop=self._prefix_t + b"\xff" * 9,
-            include_value=False,
+        extra = self.db.items(
+            self._prefix_t + _U64.pack(count >> _TILE_HEIGHT), prefix_stop(self._prefix_t)
         )
-        for key in extra:
+        for key, _ in extra:
             problems.append(f"hash tile {_U64.unpack(key[-8:])[0]} covers entries not stored")
             break
         if len(problems) > 100:
