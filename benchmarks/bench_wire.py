@@ -33,7 +33,7 @@ import msgpack
 
 from trustix_p2p.control import protocol
 from trustix_p2p.core import wire
-from trustix_p2p.core.leaf import MAX_ENTRY_BYTES
+from trustix_p2p.core.entry import MAX_ENTRY_BYTES
 from trustix_p2p.errors import DecodeError
 
 MiB = 1 << 20

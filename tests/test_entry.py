@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import operator
 import re
 
 import msgpack
@@ -14,14 +15,13 @@ from trustix_p2p.core.entry import (
     MAX_ENTRY_BYTES,
     MAX_REFERENCES,
     Entry,
-    _explain_invalid_fields,
-    _fields_ok,
     decode_entry,
     encode_entry,
     entry_from_json,
     entry_to_json,
     validate_entry,
 )
+from trustix_p2p.core.lean.entry import explain_invalid, fields_ok
 from trustix_p2p.core.nix32 import ALPHABET, format_nar_hash
 from trustix_p2p.errors import DecodeError, LocalProtocolError
 
@@ -83,6 +83,21 @@ def test_encoding_is_the_documented_msgpack_array_byte_for_byte():
     )
     assert encode_entry(ENTRY) == expected
     assert decode_entry(expected) == ENTRY
+
+
+def test_an_entry_equals_only_an_entry_with_the_same_fields():
+    # Entry is a named tuple (the hook cannot load attrs) with an attrs value's equality.
+    same = Entry(*ENTRY)
+    assert (operator.eq(same, ENTRY), operator.ne(same, ENTRY)) == (True, False)
+    assert hash(same) == hash(ENTRY)
+    assert len({ENTRY, same}) == 1
+    for plain in (tuple(ENTRY), list(ENTRY)):
+        assert (operator.eq(ENTRY, plain), operator.ne(ENTRY, plain)) == (False, True)
+        assert (operator.eq(plain, ENTRY), operator.ne(plain, ENTRY)) == (False, True)
+    later = ENTRY._replace(built_at=ENTRY.built_at + 1)
+    assert (operator.eq(ENTRY, later), operator.ne(ENTRY, later)) == (False, True)
+    # Decoding gives back references as a tuple, as the field declares.
+    assert type(decode_entry(encode_entry(ENTRY)).references) is tuple
 
 
 def test_minimal_entry_without_references_or_deriver_roundtrips():
@@ -427,9 +442,10 @@ field_values = st.one_of(
 @given(values=st.lists(field_values, min_size=7, max_size=7), keep=st.sets(st.integers(1, 7)))
 def test_fast_field_check_agrees_with_the_explaining_checks(values: list[object], keep: set[int]):
     items = [fields()[i] if i in keep else values[i - 1] for i in range(1, 8)]
-    fast = _fields_ok(*items, "/nix/store")
+    entry = Entry(*items)  # values of any type: that is what the checks are for
+    fast = fields_ok(entry, "/nix/store")
     try:
-        _explain_invalid_fields(*items, "/nix/store")
+        explain_invalid(entry, "/nix/store")
     except DecodeError:
         slow = False
     else:

@@ -21,11 +21,10 @@ import trio
 from tests import factories as f
 from tests.nodeproc import assert_one_line_error, cli, mount_tmpfs, node_config, running, umount
 from trustix_p2p.config import NodeConfig
-from trustix_p2p.control import framing
+from trustix_p2p.control import protocol
 from trustix_p2p.control.client import ControlClient, submit_leaves
 from trustix_p2p.control.server import ControlLimits
-from trustix_p2p.core.entry import MAX_ENTRY_BYTES, MAX_REFERENCES, Entry, encode_entry
-from trustix_p2p.core.leaf import pack_leaf
+from trustix_p2p.core.entry import MAX_ENTRY_BYTES, MAX_REFERENCES, Entry, encode_entry, pack_entry
 from trustix_p2p.errors import ConfigError, NodeUnavailableError, RemoteProtocolError, StoreError
 from trustix_p2p.keyfile import write_key_file
 from trustix_p2p.node import Node
@@ -218,7 +217,7 @@ def test_a_sticky_shared_directory_may_hold_the_socket(tmp_path: Path) -> None:
 
 
 async def test_a_frame_of_nested_empty_arrays_costs_memory_in_proportion(node: Node) -> None:
-    inner = framing.MAX_FRAME - 64
+    inner = protocol.MAX_FRAME - 64
     body = b"\x92\xa6submit\xdd" + struct.pack(">I", inner) + b"\x90" * inner
     frame = struct.pack(">I", len(body)) + body
 
@@ -247,7 +246,7 @@ async def test_clients_that_never_read_cannot_block_anyone(
 ) -> None:
     sock = node.config.socket_path
     await call(submit_leaves, sock, [f.leaf(i) for i in range(5)])
-    request = framing.frame(["lookup", f.entry(3).out_path])
+    request = protocol.frame(["lookup", f.entry(3).out_path])
 
     def flood() -> socket.socket:
         s = socket.socket(socket.AF_UNIX)
@@ -417,10 +416,7 @@ async def test_the_largest_valid_entry_fits_and_larger_ones_are_refused_with_a_r
     biggest = encode_entry(_longest_entry(MAX_REFERENCES))
     assert len(biggest) <= MAX_ENTRY_BYTES
     assert await call(submit_leaves, sock, [biggest]) == [0]
-    e = _longest_entry(MAX_REFERENCES + 1)
-    too_many = pack_leaf(
-        e.out_path, e.nar_hash, e.nar_size, e.references, e.deriver, e.output_name, e.built_at
-    )
+    too_many = pack_entry(_longest_entry(MAX_REFERENCES + 1))
     with pytest.raises(RemoteProtocolError, match="more than 4096 references"):
         await call(submit_leaves, sock, [too_many])
     with pytest.raises(RemoteProtocolError, match=r"leaves\[0\]: \d+ bytes outside \[1, 1048576\]"):

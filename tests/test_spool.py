@@ -19,7 +19,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from trustix_p2p.core.leaf import MAX_ENTRY_BYTES
+from trustix_p2p.core.entry import MAX_ENTRY_BYTES
 from trustix_p2p.errors import DecodeError
 from trustix_p2p.spool import (
     MAX_SPOOL_FILE,

@@ -2,8 +2,9 @@
 
 Each group of subcommands lives in its own module under `trustix_p2p.commands` and exposes
 `register(subparsers)`; every subcommand sets `func(args) -> int` as its handler.  This module
-turns every `TrustixError` into a one-line message on stderr and exit status 2, so a user never
-sees a traceback for bad input; anything else is a bug and is allowed to surface.
+runs it under the contract of every trustix-p2p program (`trustix_p2p.program.exit_status`):
+a `TrustixError` becomes a one-line message on stderr and exit status 2, so a user never sees
+a traceback for bad input; anything else is a bug and is allowed to surface.
 
 Running a command imports only the module that owns it (`_COMMAND_MODULES` says which), not
 every command group: the node's modules load trio and nacl, and `trustix-p2p nix-hook` runs
@@ -17,7 +18,7 @@ import importlib
 import sys
 from collections.abc import Iterable, Sequence
 
-from trustix_p2p.errors import TrustixError
+from trustix_p2p.program import exit_status
 
 # One module per group of subcommands, each owning its own parsers, with the command names it
 # registers (tests/test_cli_dispatch.py checks that these match what `register` adds).
@@ -60,14 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = command_module(words)
     parser = build_parser(None if module is None else [module])
     args = parser.parse_args(words)
-    try:
-        result: int = args.func(args)
-    except TrustixError as exc:
-        print(f"trustix-p2p: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return result
+    return exit_status(lambda: args.func(args))
 
 
 if __name__ == "__main__":

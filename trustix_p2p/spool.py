@@ -50,7 +50,7 @@ from pathlib import Path
 
 import msgpack
 
-from trustix_p2p.core.leaf import MAX_ENTRY_BYTES
+from trustix_p2p.core.lean.entry import MAX_ENTRY_BYTES
 from trustix_p2p.errors import DecodeError
 
 SPOOL_SUFFIX = ".spool"

@@ -18,19 +18,22 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import attrs
+import msgpack
 import pytest
 
+import trustix_p2p
 from trustix_p2p.core import nix32
 from trustix_p2p.core.entry import decode_entry
+from trustix_p2p.core.lean import entry as lean_entry
 from trustix_p2p.errors import ConfigError, LocalProtocolError, NixStoreError
 from trustix_p2p.nix import drv as drv_module
 from trustix_p2p.nix import hook as hook_module
 from trustix_p2p.nix import store as store_module
 from trustix_p2p.nix import wrapper
-from trustix_p2p.nix.hook import hand_over, hook_leaves, hook_outputs
+from trustix_p2p.nix.hook import hand_over, hook_leaves, hook_outputs, output_entries
 from trustix_p2p.nix.nardump import hash_path
 from trustix_p2p.nix.store import PathInfo
-from trustix_p2p.nix.submit import build_entries, encode_all, entries_for_paths, submit_once
+from trustix_p2p.nix.submit import encode_all, entries_for_paths, submit_once
 from trustix_p2p.nix.wrapper import config_stamp, write_wrapper
 from trustix_p2p.spool import pending_spool_files, read_spool
 
@@ -122,7 +125,7 @@ def test_running_outside_nix_is_a_one_line_config_error(world: World, env: dict[
 def test_entries_carry_our_nar_hash_and_the_stores_references(world: World) -> None:
     _, outputs = hook_outputs({"DRV_PATH": world.drv}, world.store)
     infos = world.store.path_infos([p for _, p in outputs])
-    entries = build_entries(outputs, infos, BUILT_AT, world.drv)
+    entries = output_entries(outputs, infos, BUILT_AT, world.drv)
     dev, out = entries
     assert out.nar_hash == hash_path(world.out).sha256
     assert out.nar_size == hash_path(world.out).size
@@ -132,13 +135,13 @@ def test_entries_carry_our_nar_hash_and_the_stores_references(world: World) -> N
     assert {e.built_at for e in entries} == {BUILT_AT}
     leaves = encode_all(entries, world.store.store_dir)
     assert [decode_entry(leaf, world.store.store_dir) for leaf in leaves] == entries
-    # The hook's attrs-free path produces the very same leaf bytes.
+    # The hook (which loads no attrs) produces the very same leaf bytes.
     assert hook_leaves(outputs, infos, BUILT_AT, world.drv, world.store.store_dir) == leaves
 
 
 def test_the_build_derivation_is_the_deriver_when_the_store_knows_none(world: World) -> None:
     info = world.store.infos[world.out]._replace(deriver="")
-    (entry,) = build_entries([("out", world.out)], [info], BUILT_AT, world.drv)
+    (entry,) = output_entries([("out", world.out)], [info], BUILT_AT, world.drv)
     assert entry.deriver == world.drv
 
 
@@ -154,7 +157,7 @@ def test_an_output_holding_a_special_file_is_refused(world: World) -> None:
     _, outputs = hook_outputs({"DRV_PATH": world.drv}, world.store)
     infos = world.store.path_infos([p for _, p in outputs])
     with pytest.raises(LocalProtocolError, match="FIFO"):
-        build_entries(outputs, infos, BUILT_AT)
+        output_entries(outputs, infos, BUILT_AT)
 
 
 # --- Hand-over ------------------------------------------------------------------------------
@@ -379,15 +382,66 @@ def test_a_wrapper_is_never_written_for_a_bad_config(tmp_path: Path) -> None:
     assert set(os.listdir(tmp_path)) == {"node.toml", "good.toml"}  # nothing was written
 
 
-# --- Values declared for type checkers and built at run time ------------------------------
+# --- What the hook loads ------------------------------------------------------------------
+
+# The lean layer, the one place the hook's rules live, and the typed modules built on it that
+# re-export it (attrs, typing): the hook must load the former and none of the latter.
+LEAN_MODULES = {
+    f"trustix_p2p.core.lean.{name}" for name in ("entry", "storepath", "nar", "control")
+}
+TYPED_MODULES = {
+    "trustix_p2p.core.entry",
+    "trustix_p2p.core.storepath",
+    "trustix_p2p.core.nar",
+    "trustix_p2p.control.protocol",
+    "trustix_p2p.config",
+}
 
 
-@pytest.mark.parametrize("module", [hook_module, store_module, drv_module])
+def hook_modules(code: str) -> set[str]:
+    """The package's modules a fresh `python -I -S`, as the wrapper runs, holds after `code`."""
+    paths = [os.path.dirname(os.path.dirname(m.__file__ or "")) for m in (trustix_p2p, msgpack)]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-S",
+            "-c",
+            f"import sys; sys.path[:0] = {paths!r}; {code}; print(' '.join(sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {m for m in proc.stdout.split() if m.startswith("trustix_p2p")}
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import trustix_p2p.nix.wrapper, trustix_p2p.nix.hook",  # the generated program
+        "import trustix_p2p.nix.cli, trustix_p2p.nix.hook, trustix_p2p.configfile",
+    ],
+)
+def test_the_hook_builds_on_the_lean_layer_alone(code: str) -> None:
+    modules = hook_modules(code)
+    assert modules >= LEAN_MODULES
+    assert not modules & TYPED_MODULES
+    # The generated program does not load the command line either.
+    if "wrapper" in code:
+        assert "trustix_p2p.nix.cli" not in modules
+
+
+# --- Values declared once, for type checkers and at run time --------------------------------
+
+
+@pytest.mark.parametrize("module", [hook_module, store_module, drv_module, lean_entry])
 def test_the_declared_and_the_run_time_namedtuples_have_the_same_fields(
     module: types.ModuleType,
 ) -> None:
-    # Each lean module declares its NamedTuples twice (typing for type checkers,
-    # collections.namedtuple at run time); a field added to one only must not go unnoticed.
+    # The hook's values are declared once, as `typing.NamedTuple` classes for type checkers,
+    # and built without typing at run time (`trustix_p2p.core.lean.NamedTuple`): the run-time
+    # class must have exactly the declared fields, in order.
     tree = ast.parse(inspect.getsource(module))
     declared = {
         node.name: tuple(

@@ -5,8 +5,8 @@ milliseconds, so it does not start an event loop.  Every call has a timeout; a n
 absent, refuses, or does not answer in time raises NodeUnavailableError so the caller can spool.
 
 For the same reason submitting (`submit_leaves`, `ControlClient.submit`) loads neither attrs
-nor pathlib: it goes through the attrs-free `framing`, and the attrs message classes of
-`protocol` are imported only by the other requests.
+nor pathlib: it goes through the lean layer's `trustix_p2p.core.lean.control`, and the attrs
+message classes of `protocol` are imported only by the other requests.
 """
 
 from __future__ import annotations
@@ -18,7 +18,13 @@ import _socket
 import os
 import time
 
-from trustix_p2p.control import framing
+from trustix_p2p.core.lean.control import (
+    decode_reply,
+    frame_length,
+    indices_from_wire,
+    submit_chunks,
+    submit_request,
+)
 from trustix_p2p.errors import NodeUnavailableError, RemoteProtocolError
 
 # Not `from typing import TYPE_CHECKING`: importing typing adds milliseconds to the start of
@@ -72,8 +78,8 @@ class ControlClient:
         """Send one framed request; the payload of the node's ok reply."""
         try:
             self._sock.sendall(request)
-            n = framing.frame_length(self._recv_exact(4))
-            return framing.decode_reply(self._recv_exact(n))
+            n = frame_length(self._recv_exact(4))
+            return decode_reply(self._recv_exact(n))
         except (TimeoutError, ConnectionError, OSError) as exc:
             raise NodeUnavailableError(
                 f"the node on {self.socket_path} did not answer: {exc}"
@@ -88,9 +94,9 @@ class ControlClient:
         """Log leaves; their indices once durable.  Large submissions go in several frames,
         each acknowledged on its own (a retry of the whole is safe: submission is idempotent)."""
         indices: list[int] = []
-        for chunk in framing.submit_chunks(list(leaves)):
-            reply = self._exchange(framing.submit_request(chunk))
-            indices += framing.indices_from_wire(reply, len(chunk))
+        for chunk in submit_chunks(list(leaves)):
+            reply = self._exchange(submit_request(chunk))
+            indices += indices_from_wire(reply, len(chunk))
         return indices
 
     def status(self) -> protocol.Status:

@@ -17,9 +17,9 @@ over the request classes below), so a hostile frame is refused at the first head
 not fit, before anything is built for it; this module must never hand a request frame to a
 general msgpack unpacker.  Replies come from our own node and are read with msgpack.
 
-The framing and the reply checks live in the attrs-free `trustix_p2p.control.framing` (the
-post-build hook submits through it, with plain msgpack) and are re-exported here.  This module
-does no I/O.
+The framing, the submit request and the reply checks live in the lean layer,
+`trustix_p2p.core.lean.control` (the post-build hook submits through it, with plain msgpack),
+and are re-exported here.  This module does no I/O.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from typing import Any, Final
 
 import attrs
 
-from trustix_p2p.control.framing import (
+from trustix_p2p.core import wire
+from trustix_p2p.core.lean.control import (
     MAX_FRAME,
     MAX_HITS,
     MAX_LEAVES_PER_SUBMIT,
@@ -39,10 +40,9 @@ from trustix_p2p.control.framing import (
     submit_request,
     unpack,
 )
-from trustix_p2p.control.framing import check_bytes as _bytes
-from trustix_p2p.control.framing import check_int as _int
-from trustix_p2p.core import wire
-from trustix_p2p.core.leaf import MAX_ENTRY_BYTES
+from trustix_p2p.core.lean.control import check_bytes as _bytes
+from trustix_p2p.core.lean.control import check_int as _int
+from trustix_p2p.core.lean.entry import MAX_ENTRY_BYTES
 from trustix_p2p.errors import DecodeError
 
 # Store paths are far shorter; this only bounds what a lookup request may carry.
@@ -72,6 +72,7 @@ __all__ = [
     "indices_from_wire",
     "status_from_wire",
     "status_to_wire",
+    "submit_request",
     "unpack",
 ]
 

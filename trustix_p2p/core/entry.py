@@ -12,10 +12,10 @@ Nix's store-path rules, range limits, sorted unique references, and finally a ca
 check (decode then encode must give back the same bytes), which rules out e.g. a small integer
 spelled as a uint64 or a short string with a str16 header.
 
-Every rejection is a `DecodeError` whose message names the field.  The field rules and the
-packing themselves live in `trustix_p2p.core.leaf`, over plain values, so the Nix post-build
-hook can encode leaves without loading attrs; this module adds the `Entry` value, strict
-decoding and the JSON form.
+Every rejection is a `DecodeError` whose message names the field.  The `Entry` value, the
+field rules and the packing live in `trustix_p2p.core.lean.entry` (so the Nix post-build hook
+can encode leaves without loading anything heavy) and are re-exported here; this module adds
+strict decoding and the JSON form.
 
 This module is pure: no I/O, no clock (`built_at` is always passed in), no randomness.
 """
@@ -24,22 +24,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import attrs
 import msgpack
 
-from trustix_p2p.core.leaf import (
+from trustix_p2p.core.lean.entry import (
     ENTRY_VERSION,
     MAX_ENTRY_BYTES,
     MAX_OUTPUT_NAME_LEN,
     MAX_REFERENCES,
-    encode_leaf,
-    explain_invalid_fields,
+    Entry,
+    encode_entry,
     field_error,
-    fields_ok,
-    validate_fields,
+    pack_entry,
+    validate_entry,
 )
+from trustix_p2p.core.lean.storepath import DEFAULT_STORE_DIR
 from trustix_p2p.core.nix32 import format_nar_hash, parse_nar_hash
-from trustix_p2p.core.storepath import DEFAULT_STORE_DIR
 from trustix_p2p.errors import DecodeError
 
 __all__ = [
@@ -52,54 +51,11 @@ __all__ = [
     "encode_entry",
     "entry_from_json",
     "entry_to_json",
+    "pack_entry",
     "validate_entry",
 ]
 
-_ARITY = 8
-# The names the tests know the fast and the explaining field checks by.
-_fields_ok = fields_ok
-_explain_invalid_fields = explain_invalid_fields
-
-
-@attrs.frozen
-class Entry:
-    """One logged build output.  Construction does not validate; encoding and decoding do."""
-
-    out_path: str
-    nar_hash: bytes
-    nar_size: int
-    references: tuple[str, ...]
-    deriver: str
-    output_name: str
-    built_at: int
-
-
-def validate_entry(entry: Entry, store_dir: str = DEFAULT_STORE_DIR) -> None:
-    """Check every field of `entry`, raising `DecodeError` naming the first bad field."""
-    validate_fields(
-        entry.out_path,
-        entry.nar_hash,
-        entry.nar_size,
-        entry.references,
-        entry.deriver,
-        entry.output_name,
-        entry.built_at,
-        store_dir,
-    )
-
-
-def encode_entry(entry: Entry, store_dir: str = DEFAULT_STORE_DIR) -> bytes:
-    """The leaf bytes of `entry`; raises `LocalProtocolError` if any field is invalid."""
-    return encode_leaf(
-        entry.out_path,
-        entry.nar_hash,
-        entry.nar_size,
-        entry.references,
-        entry.deriver,
-        entry.output_name,
-        entry.built_at,
-        store_dir,
-    )
+_ARITY = 1 + len(Entry._fields)  # the version, then the fields
 
 
 def decode_entry(data: bytes, store_dir: str = DEFAULT_STORE_DIR) -> Entry:
@@ -119,12 +75,15 @@ def decode_entry(data: bytes, store_dir: str = DEFAULT_STORE_DIR) -> Entry:
     version = obj[0]
     if type(version) is not int or version != ENTRY_VERSION:
         raise field_error("version", f"unsupported entry version {version!r}")
-    validate_fields(obj[1], obj[2], obj[3], obj[4], obj[5], obj[6], obj[7], store_dir)
+    if type(obj[4]) is list:  # the references, as the field declares them (else: refused)
+        obj[4] = tuple(obj[4])
+    entry = Entry(*obj[1:])
+    validate_entry(entry, store_dir)
     # Canonical form: the validated values must pack back to exactly these bytes, or some
     # other encoding of the same entry would hash to a different leaf.
-    if msgpack.packb(obj, use_bin_type=True) != data:
+    if pack_entry(entry) != data:
         raise DecodeError("entry is not in canonical msgpack encoding")
-    return Entry(obj[1], obj[2], obj[3], tuple(obj[4]), obj[5], obj[6], obj[7])
+    return entry
 
 
 _JSON_KEYS = frozenset(

@@ -17,8 +17,9 @@ Directory entries appear sorted by the raw bytes of their names; a name is never
 permission bits other than "some execute bit is set".
 
 This module is pure: it never touches the filesystem, the clock or randomness.  It gives the
-byte-level building blocks (`frame`, `regular_prefix`, ..., defined in the attrs-free
-`trustix_p2p.core.narframe` and re-exported here), a small reference serialiser of
+byte-level building blocks and the rules on names and symlink targets (`frame`,
+`regular_prefix`, `check_entry_name`, ..., written once in `trustix_p2p.core.lean.nar`, which
+the post-build hook loads, and re-exported here), a small reference serialiser of
 in-memory trees (`NarRegular`, `NarSymlink`, `NarDirectory`) that tests use to cross-check the
 fast filesystem walker in `trustix_p2p.nix.nardump`, and `NarHasher`, which hashes and counts a
 NAR in one pass, so a proxy can check NAR bytes streamed from elsewhere.  It must never hold a
@@ -34,20 +35,20 @@ from typing import TypeAlias
 import attrs
 
 from trustix_p2p.core import nix32
-from trustix_p2p.core.narframe import (
+from trustix_p2p.core.lean.nar import (
     DIRECTORY_PREFIX,
     ENTRY_CLOSE,
     NAR_MAGIC,
     NODE_CLOSE,
     SYMLINK_PREFIX,
     check_entry_name,
+    check_symlink_target,
     entry_prefix,
     frame,
     padding,
     regular_prefix,
     symlink_node,
 )
-from trustix_p2p.errors import LocalProtocolError
 
 __all__ = [
     "DIRECTORY_PREFIX",
@@ -62,6 +63,7 @@ __all__ = [
     "NarRegular",
     "NarSymlink",
     "check_entry_name",
+    "check_symlink_target",
     "entry_prefix",
     "frame",
     "padding",
@@ -140,8 +142,7 @@ def _serialise_node(node: NarNode) -> Iterator[bytes]:
         yield padding(len(node.contents))
         yield NODE_CLOSE
     elif isinstance(node, NarSymlink):
-        if not node.target or b"\0" in node.target:
-            raise LocalProtocolError("NAR symlink target must be non-empty and contain no NUL")
+        check_symlink_target(node.target)
         yield symlink_node(node.target)
     else:
         yield DIRECTORY_PREFIX

@@ -5,37 +5,27 @@
   `trustix-p2p nix-hook` without the subcommand word.
 * `python -m trustix_p2p.nix COMMAND` (`main`): `nar-hash`, `nix-hook` and `submit`.
 
-Both behave exactly like `trustix-p2p` (`exit_status`: one line on stderr and exit status 2
-for a `TrustixError`) but load only what their command needs: Nix starts the hook on every
-build, and every module it imports is start-up time added to every build.  That is also why
-argparse is imported only when there are arguments to parse: Nix runs the hook without any.
+Both behave exactly like `trustix-p2p` (`trustix_p2p.program.exit_status`: one line on stderr
+and exit status 2 for a `TrustixError`) but load only what their command needs: Nix starts the
+hook on every build, and every module it imports is start-up time added to every build.  That
+is also why argparse is imported only when there are arguments to parse: Nix runs the hook
+without any.
 """
 
 from __future__ import annotations
 
 import sys
 
-from trustix_p2p.errors import TrustixError
+from trustix_p2p.program import exit_now, exit_status
 
 # Not `from typing import TYPE_CHECKING`: importing typing adds milliseconds to the start of
 # the post-build hook, on every build.  Type checkers treat this name as true all the same.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
     from typing import NoReturn
 
-__all__ = ["exit_status", "hook_main", "hook_program", "main"]
-
-
-def exit_status(command: Callable[[], int]) -> int:
-    """Run a command body; its status, or 2 with one line on stderr for a `TrustixError`."""
-    try:
-        return command()
-    except TrustixError as exc:
-        print(f"trustix-p2p: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+__all__ = ["hook_main", "hook_program", "main"]
 
 
 def hook_main(argv: Sequence[str] | None = None) -> int:
@@ -67,11 +57,9 @@ def hook_program() -> NoReturn:
     """The `trustix-p2p-nix-hook` program: `hook_main`, started and ended as the wrapper does.
 
     No cyclic garbage collection while the hook's modules load, and no interpreter teardown
-    after it (`trustix_p2p.nix.wrapper.exit_now`): this never returns.
+    after it (`trustix_p2p.program.exit_now`): this never returns.
     """
     import gc
-
-    from trustix_p2p.nix.wrapper import exit_now
 
     gc.disable()
     from trustix_p2p import configfile  # noqa: F401  (loaded now, with no collector running)

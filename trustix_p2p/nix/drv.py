@@ -21,7 +21,6 @@ nothing here runs Nix.  It never guesses: anything that is not exactly the gramm
 
 from __future__ import annotations
 
-import collections
 import os
 import re
 
@@ -32,46 +31,35 @@ __all__ = ["Derivation", "DerivationOutput", "parse_derivation", "read_derivatio
 MAX_DRV_BYTES = 64 * 1024 * 1024
 
 
-# Values are NamedTuples, declared with `typing.NamedTuple` for type checkers but built with
-# `collections.namedtuple` at run time: the post-build hook uses them on every build, and
-# importing `typing` (like attrs) would add milliseconds to every build's start.  Type
-# checkers treat `TYPE_CHECKING` as true.
+# Values are the lean layer's NamedTuples (`typing.NamedTuple` for type checkers, which treat
+# `TYPE_CHECKING` as true): the post-build hook uses them on every build, and importing
+# `typing` (like attrs) would add milliseconds to every build's start.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import NamedTuple
-
-    class _OutputFields(NamedTuple):
-        name: str
-        path: str
-        hash_algo: str
-        hash: str
-
-    class _DerivationFields(NamedTuple):
-        outputs: tuple[DerivationOutput, ...]
-        input_drvs: tuple[tuple[str, tuple[str, ...]], ...]
-        input_srcs: tuple[str, ...]
-        system: str
-        builder: str
-        args: tuple[str, ...]
-        env: tuple[tuple[str, str], ...]
-
 else:
-    _OutputFields = collections.namedtuple("_OutputFields", "name path hash_algo hash")
-    _DerivationFields = collections.namedtuple(
-        "_DerivationFields", "outputs input_drvs input_srcs system builder args env"
-    )
+    from trustix_p2p.core.lean import NamedTuple
 
 
-class DerivationOutput(_OutputFields):
+class DerivationOutput(NamedTuple):
     """One output of a derivation; `path` is "" for a floating content-addressed output."""
 
-    __slots__ = ()
+    name: str
+    path: str
+    hash_algo: str
+    hash: str
 
 
-class Derivation(_DerivationFields):
+class Derivation(NamedTuple):
     """A parsed `.drv`: every field of the ATerm, in order."""
 
-    __slots__ = ()
+    outputs: tuple[DerivationOutput, ...]
+    input_drvs: tuple[tuple[str, tuple[str, ...]], ...]
+    input_srcs: tuple[str, ...]
+    system: str
+    builder: str
+    args: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
 
     def output_paths(self) -> dict[str, str]:
         """Output name to store path, for the outputs whose path is fixed in the .drv."""

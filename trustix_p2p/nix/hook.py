@@ -21,30 +21,28 @@ Hand-over rules, in this order, because a build must never fail or be lost on ou
 
 Time is a parameter (`built_at`), so tests replay exactly.  The hook runs once per build and
 its start-up time is overhead on every build, so this module and everything it imports on the
-way to a logged build stay free of attrs, typing, pathlib, trio and nacl: values are
-NamedTuples and leaves are encoded from plain fields (`trustix_p2p.core.leaf`), through the
-same validation as `encode_entry`.  The `Entry`-based hand-over for `submit` is
-`trustix_p2p.nix.submit`.
+way to a logged build stay free of attrs, typing, pathlib, trio and nacl: it builds on the
+lean layer (`trustix_p2p.core.lean`: the same `Entry`, rules and encoding as everywhere else)
+and its own values are that layer's NamedTuples.  The hand-over for `submit`, which first asks
+the node what it already holds, is `trustix_p2p.nix.submit`.
 """
 
 from __future__ import annotations
 
-import collections
 import os
 import sys
 import time
 
 from trustix_p2p.control.client import submit_leaves
-from trustix_p2p.core.leaf import encode_leaf
-from trustix_p2p.core.storepath_syntax import is_valid_store_path, why_invalid
+from trustix_p2p.core.lean.entry import Entry, encode_entry
+from trustix_p2p.core.lean.storepath import is_valid_store_path, why_invalid
 from trustix_p2p.errors import ConfigError, NixStoreError, NodeUnavailableError
 from trustix_p2p.nix.drv import read_derivation
 from trustix_p2p.nix.nardump import nar_digest
 from trustix_p2p.nix.store import open_nix_store
 
-# Values are NamedTuples, declared with `typing.NamedTuple` for type checkers but built with
-# `collections.namedtuple` at run time: importing `typing` (like attrs) would add milliseconds
-# to every build's start.  Type checkers treat `TYPE_CHECKING` as true.
+# Not `from typing import ...` at run time: importing typing (like attrs) would add
+# milliseconds to every build's start.  Type checkers treat `TYPE_CHECKING` as true.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -52,38 +50,16 @@ if TYPE_CHECKING:
     from typing import NamedTuple, TextIO
 
     from trustix_p2p.nix.store import NixStore, PathInfo
-
-    class _HandOverFields(NamedTuple):
-        indices: tuple[int, ...] | None
-        spool_file: Path | None
-        reason: str = ""
-
-    class _EntryFieldsFields(NamedTuple):
-        out_path: str
-        nar_hash: bytes
-        nar_size: int
-        references: tuple[str, ...]
-        deriver: str
-        output_name: str
-        built_at: int
-
 else:
-    _HandOverFields = collections.namedtuple(
-        "_HandOverFields", "indices spool_file reason", defaults=("",)
-    )
-    _EntryFieldsFields = collections.namedtuple(
-        "_EntryFieldsFields",
-        "out_path nar_hash nar_size references deriver output_name built_at",
-    )
+    from trustix_p2p.core.lean import NamedTuple
 
 __all__ = [
     "DEFAULT_TIMEOUT",
-    "EntryFields",
     "HandOver",
     "hand_over",
     "hook_leaves",
     "hook_outputs",
-    "output_fields",
+    "output_entries",
     "run_configured_hook",
     "run_hook",
 ]
@@ -93,19 +69,15 @@ __all__ = [
 DEFAULT_TIMEOUT = 5.0
 
 
-class HandOver(_HandOverFields):
+class HandOver(NamedTuple):
     """What happened to a batch of leaves: logged at `indices`, or spooled to `spool_file`.
 
     `reason` says why the node was not used, when spooled.
     """
 
-    __slots__ = ()
-
-
-class EntryFields(_EntryFieldsFields):
-    """The fields of one entry v1, in `Entry`'s order (`Entry(*fields)` builds one)."""
-
-    __slots__ = ()
+    indices: tuple[int, ...] | None
+    spool_file: Path | None
+    reason: str = ""
 
 
 def hook_outputs(env: Mapping[str, str], store: NixStore) -> tuple[str, list[tuple[str, str]]]:
@@ -144,26 +116,26 @@ def hook_outputs(env: Mapping[str, str], store: NixStore) -> tuple[str, list[tup
     return drv_path, outputs
 
 
-def output_fields(
+def output_entries(
     outputs: Sequence[tuple[str, str]],
     infos: Sequence[PathInfo],
     built_at: int,
     drv_path: str = "",
-) -> list[EntryFields]:
-    """The entry fields of each output, hashing each output's NAR here.
+) -> list[Entry]:
+    """The entry of each output, hashing each output's NAR here (unvalidated: see `encode_entry`).
 
     `infos[i]` is the Nix store's registration of `outputs[i]`; its deriver wins over
     `drv_path` (they only differ when Nix had registered the path before this build).
     """
-    fields = []
+    entries = []
     for (name, path), info in zip(outputs, infos, strict=True):
         nar_hash, nar_size = nar_digest(path)
-        fields.append(
-            EntryFields(
+        entries.append(
+            Entry(
                 path, nar_hash, nar_size, info.references, info.deriver or drv_path, name, built_at
             )
         )
-    return fields
+    return entries
 
 
 def hook_leaves(
@@ -173,10 +145,10 @@ def hook_leaves(
     drv_path: str,
     store_dir: str,
 ) -> list[bytes]:
-    """The leaf bytes for `outputs`, validated like `encode_entry` (`LocalProtocolError`)."""
+    """The leaf bytes for `outputs`, validated by `encode_entry` (`LocalProtocolError`)."""
     return [
-        encode_leaf(*fields, store_dir)
-        for fields in output_fields(outputs, infos, built_at, drv_path)
+        encode_entry(entry, store_dir)
+        for entry in output_entries(outputs, infos, built_at, drv_path)
     ]
 
 

@@ -1,6 +1,6 @@
 """Serialise a file tree on disk as a NAR, and hash it, fast and in flat memory.
 
-This is the filesystem shell around the pure framing in `trustix_p2p.core.narframe`: it produces
+This is the filesystem shell around the pure framing in `trustix_p2p.core.lean.nar`: it produces
 exactly the bytes of `nix-store --dump PATH`, and `hash_path` gives the SHA-256 and size that
 `nix-hash --type sha256 --base32` and `nix path-info` report, in one pass.
 
@@ -34,12 +34,15 @@ import struct
 from collections.abc import Callable, Iterator
 from operator import attrgetter
 
-from trustix_p2p.core.narframe import (
+from trustix_p2p.core.lean.nar import (
     DIRECTORY_PREFIX,
     ENTRY_CLOSE,
+    ENTRY_OPEN,
+    EXECUTABLE_PREFIX,
     NAR_MAGIC,
     NODE_CLOSE,
-    frame,
+    NODE_OPEN,
+    REGULAR_PREFIX,
     padding,
     regular_prefix,
     symlink_node,
@@ -66,12 +69,6 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOCTTY
 _by_name = attrgetter("name")
 _pack_u64 = struct.Struct("<Q").pack
 _ZEROS = bytes(8)
-# Precomputed framing for the hot loop in `_walk`; equal to what `trustix_p2p.core.narframe`'s
-# `entry_prefix` and `regular_prefix` build, which the tests check byte for byte.
-_ENTRY_OPEN = frame(b"entry") + frame(b"(") + frame(b"name")
-_NODE_OPEN = frame(b"node") + frame(b"(") + frame(b"type")
-_REGULAR_PLAIN = frame(b"regular") + frame(b"contents")
-_REGULAR_EXEC = frame(b"regular") + frame(b"executable") + frame(b"") + frame(b"contents")
 _CLOSE_NODE_AND_ENTRY = NODE_CLOSE + ENTRY_CLOSE
 _EXEC_BITS = stat.S_IXUSR  # Nix's archive.cc marks a file executable iff S_IXUSR is set
 
@@ -221,7 +218,8 @@ def _walk(top: bytes, buf: bytearray, sink: Sink) -> int:
 
     Ends by closing `top`'s node and flushing `buf` completely: the caller must start a fresh
     buffer afterwards.  The loop body is the hot path for trees of many small files, so the
-    framing of `trustix_p2p.core.narframe` is inlined here from its precomputed constants.
+    framing of `trustix_p2p.core.lean.nar` is inlined here from its precomputed constants (and
+    its padding rule written out), which the tests check byte for byte against `core.nar`.
     """
     total = 0
     pack = _pack_u64
@@ -232,11 +230,11 @@ def _walk(top: bytes, buf: bytearray, sink: Sink) -> int:
     while stack:
         for entry in stack[-1]:
             name = entry.name
-            buf += _ENTRY_OPEN
+            buf += ENTRY_OPEN
             buf += pack(len(name))
             buf += name
             buf += zeros[: (-len(name)) & 7]
-            buf += _NODE_OPEN
+            buf += NODE_OPEN
             if entry.is_dir(follow_symlinks=False):
                 buf += DIRECTORY_PREFIX
                 stack.append(_sorted_entries(entry.path))
@@ -253,7 +251,7 @@ def _walk(top: bytes, buf: bytearray, sink: Sink) -> int:
             if size > _SMALL_FILE:
                 total += _regular(entry.path, size, bool(mode & _EXEC_BITS), buf, sink)
             else:
-                buf += _REGULAR_EXEC if mode & _EXEC_BITS else _REGULAR_PLAIN
+                buf += EXECUTABLE_PREFIX if mode & _EXEC_BITS else REGULAR_PREFIX
                 buf += pack(size)
                 if size:
                     buf += _read_small(entry.path, size)

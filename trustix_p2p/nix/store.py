@@ -19,15 +19,10 @@ its database, and never trusts the NAR hash Nix registered as a substitute for h
 
 from __future__ import annotations
 
-import collections
 import os
 import sqlite3
 
-from trustix_p2p.core.storepath_syntax import (
-    DEFAULT_STORE_DIR,
-    is_valid_store_path,
-    why_invalid,
-)
+from trustix_p2p.core.lean.storepath import DEFAULT_STORE_DIR, is_valid_store_path, why_invalid
 from trustix_p2p.errors import NixStoreError
 
 __all__ = [
@@ -44,20 +39,13 @@ _DEFAULT_STATE_DIR = "/nix/var/nix"
 
 # A NamedTuple and plain classes rather than attrs, and no `typing` at run time: the
 # post-build hook queries the store on every build, and those imports would add milliseconds
-# to every build's start.  `PathInfo` is declared with `typing.NamedTuple` for type checkers
-# (which treat `TYPE_CHECKING` as true) and built with `collections.namedtuple` at run time;
-# `NixStore` is a protocol only type checkers need.
+# to every build's start.  `PathInfo` is the lean layer's NamedTuple (`typing.NamedTuple` for
+# type checkers, which treat `TYPE_CHECKING` as true); `NixStore` is a protocol only type
+# checkers need.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import NamedTuple, Protocol
-
-    class _PathInfoFields(NamedTuple):
-        path: str
-        deriver: str  # full .drv path, "" when Nix does not know it
-        references: tuple[str, ...]  # sorted, unique base names
-        nar_hash: bytes  # as registered by Nix; for cross-checks only
-        nar_size: int
 
     class NixStore(Protocol):
         store_dir: str
@@ -71,19 +59,17 @@ if TYPE_CHECKING:
             ...
 
 else:
-    _PathInfoFields = collections.namedtuple(
-        "_PathInfoFields", "path deriver references nar_hash nar_size"
-    )
+    from trustix_p2p.core.lean import NamedTuple
 
 
-class PathInfo(_PathInfoFields):
-    """What the Nix store registered for one valid path.
+class PathInfo(NamedTuple):
+    """What the Nix store registered for one valid path."""
 
-    `deriver` is the full .drv path ("" when Nix does not know it), `references` the sorted,
-    unique base names, and `nar_hash` the hash Nix registered, for cross-checks only.
-    """
-
-    __slots__ = ()
+    path: str
+    deriver: str  # full .drv path, "" when Nix does not know it
+    references: tuple[str, ...]  # sorted, unique base names
+    nar_hash: bytes  # as registered by Nix; for cross-checks only
+    nar_size: int
 
 
 def nix_store_dir() -> str:

@@ -6,8 +6,9 @@ submitting it asks the node whether its own log already holds the identical buil
 but the time) and logs only what is new; the hook does not ask, because a rebuild is a real
 event worth a new entry.
 
-Unlike the hook this module works with `Entry` values (and so loads attrs); `submit` is run
-by people and scripts, not once per build.
+Unlike the hook this module asks the node questions beyond "submit" (and so loads the attrs
+messages of `trustix_p2p.control.protocol`); `submit` is run by people and scripts, not once
+per build.
 """
 
 from __future__ import annotations
@@ -16,30 +17,17 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import attrs
-
 from trustix_p2p.control.client import ControlClient
 from trustix_p2p.core.entry import Entry, decode_entry, encode_entry
-from trustix_p2p.core.storepath_syntax import is_valid_store_path, why_invalid
+from trustix_p2p.core.storepath import is_valid_store_path, why_invalid
 from trustix_p2p.errors import ConfigError, DecodeError, NixStoreError, NodeUnavailableError
 from trustix_p2p.nix.drv import read_derivation
-from trustix_p2p.nix.hook import HandOver, hand_over, output_fields
-from trustix_p2p.nix.store import PathInfo
+from trustix_p2p.nix.hook import HandOver, hand_over, output_entries
 
 if TYPE_CHECKING:
     from trustix_p2p.nix.store import NixStore
 
-__all__ = ["build_entries", "encode_all", "entries_for_paths", "submit_once"]
-
-
-def build_entries(
-    outputs: Sequence[tuple[str, str]],
-    infos: Sequence[PathInfo],
-    built_at: int,
-    drv_path: str = "",
-) -> list[Entry]:
-    """One entry per output, hashing each output's NAR here (see `hook.output_fields`)."""
-    return [Entry(*fields) for fields in output_fields(outputs, infos, built_at, drv_path)]
+__all__ = ["encode_all", "entries_for_paths", "submit_once"]
 
 
 def encode_all(entries: Sequence[Entry], store_dir: str) -> list[bytes]:
@@ -69,12 +57,12 @@ def entries_for_paths(paths: Sequence[str], store: NixStore, built_at: int) -> l
             raise ConfigError(f"{path!r} is not a store path: {why_invalid(path, store.store_dir)}")
     infos = store.path_infos(paths)
     outputs = [(_output_name(p, i.deriver, store), p) for p, i in zip(paths, infos, strict=True)]
-    return build_entries(outputs, infos, built_at)
+    return output_entries(outputs, infos, built_at)
 
 
 def _same_build(logged: Entry, new: Entry) -> bool:
     """Whether `logged` already records what `new` would (everything but the time)."""
-    return attrs.evolve(logged, built_at=new.built_at) == new
+    return logged._replace(built_at=new.built_at) == new
 
 
 def submit_once(

@@ -29,11 +29,8 @@ from __future__ import annotations
 import os
 import sys
 
-# Not `from typing import TYPE_CHECKING`: importing typing adds milliseconds to the start of
-# the post-build hook, on every build.  Type checkers treat this name as true all the same.
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import NoReturn
+# `exit_now` is re-exported: the programs written by `--write-wrapper` import it from here.
+from trustix_p2p.program import exit_now, exit_status
 
 __all__ = ["config_stamp", "exit_now", "run", "wrapper_text", "write_wrapper"]
 
@@ -81,7 +78,6 @@ def run(
     """
     import gc
 
-    from trustix_p2p.nix.cli import exit_status
     from trustix_p2p.nix.hook import run_configured_hook, run_hook
 
     gc.enable()  # everything is loaded; a large output's walk may create garbage cycles
@@ -99,16 +95,6 @@ def run(
         return 0
 
     return exit_status(hook)
-
-
-def exit_now(status: int) -> NoReturn:
-    """Flush stdout and stderr and end the process with `status`, skipping the teardown."""
-    for stream in (sys.stdout, sys.stderr):
-        try:  # noqa: SIM105 (contextlib is one more import on every build)
-            stream.flush()
-        except (OSError, ValueError):
-            pass  # nobody reads the build log any more; the exit status still counts
-    os._exit(status)
 
 
 def wrapper_text(path: str, config_file: str, timeout: float) -> str:

@@ -1,13 +1,13 @@
-"""Control-socket framing: the attrs-free half of `trustix_p2p.control.protocol`.
+"""Control-socket framing, the submit request and the checks of the node's replies.
 
 Frames are a 4-byte big-endian length and a msgpack array whose first element names the
-message (the message table is in `protocol`).  This module holds the framing, the strict
-field checks and what the post-build hook needs to submit leaves and read the answer;
-`protocol` re-exports all of it next to its attrs message classes.
+message (the message table is in `trustix_p2p.control.protocol`).  This module holds the
+framing, the field checks the replies go through and what the post-build hook needs to submit
+leaves and read the answer; `protocol` re-exports all of it next to its attrs message classes
+and the schema-directed request reader.
 
-It exists apart from `protocol` so the hook, which runs once per build and pays for every
-import, can talk to the node without loading attrs.  It does no I/O and must never import
-attrs or anything that does.
+Lean layer (see `trustix_p2p.core.lean`): no I/O (`trustix_p2p.control.client` owns the
+socket), no attrs, no `typing` at run time.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ import struct
 
 import msgpack
 
+from trustix_p2p.core.lean.entry import is_uint63
 from trustix_p2p.errors import DecodeError, NodeUnavailableError, RemoteProtocolError
 
-# Not `from typing import TYPE_CHECKING`: importing typing adds milliseconds to the start of
-# the post-build hook, on every build.  Type checkers treat this name as true all the same.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -28,6 +27,8 @@ __all__ = [
     "MAX_FRAME",
     "MAX_HITS",
     "MAX_LEAVES_PER_SUBMIT",
+    "check_bytes",
+    "check_int",
     "decode_reply",
     "frame",
     "frame_length",
@@ -38,7 +39,8 @@ __all__ = [
 ]
 
 # What a request can need: a submission is sent in frames of at most SUBMIT_FRAME_BYTES of
-# leaves (`submit_chunks`), and an entry is at most 1 MiB, so 16 MiB bounds every request.
+# leaves (`submit_chunks`), and an entry is at most 1 MiB (`MAX_ENTRY_BYTES`), so 16 MiB
+# bounds every request.
 MAX_FRAME = 16 << 20
 SUBMIT_FRAME_BYTES = 8 << 20
 SUBMIT_FRAME_LEAVES = 1000
@@ -80,9 +82,11 @@ def check_bytes(value: Any, what: str, size: int | None = None) -> bytes:
 
 
 def check_int(value: Any, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+    # The entry's integer rule: every integer on the wire is a signed 64-bit value.
+    if not is_uint63(value):
         raise DecodeError(f"{what} must be a non-negative integer")
-    return value
+    result: int = value
+    return result
 
 
 def submit_chunks(leaves: list[bytes]) -> list[list[bytes]]:
@@ -98,7 +102,7 @@ def submit_chunks(leaves: list[bytes]) -> list[list[bytes]]:
             chunks.append(current)
             current, size = [], 0
         current.append(leaf)
-        size += len(leaf) + 5
+        size += len(leaf) + 5  # a bin32 header at most
     if current or not chunks:
         chunks.append(current)
     return chunks
