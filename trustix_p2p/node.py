@@ -405,6 +405,10 @@ class Node:
             spooled = len(pending_spool_files(self.config.spool_path))
         except SpoolFileUnusable:
             spooled = 0
+        try:
+            logs = len(self.store.log_ids())
+        except StoreError:  # closed between a failed write and its reopen: still answer
+            logs = self.store.open_log_count()
         return protocol.Status(
             public_key=self.key.public_key.raw if self.key is not None else None,
             log_id=own.log_id if own is not None else None,
@@ -412,7 +416,7 @@ class Node:
             checkpoint_size=cp.checkpoint.size if cp is not None else 0,
             checkpoint_time=cp.checkpoint.time if cp is not None else 0,
             spool_pending=spooled,
-            logs=len(self.store.log_ids()),
+            logs=logs,
             listen=self.listening or tuple(self.config.listen),
         )
 

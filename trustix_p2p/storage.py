@@ -321,6 +321,10 @@ class Store:
             self.broken = exc
             raise
 
+    def open_log_count(self) -> int:
+        """How many logs this store object has opened (answers without reading the store)."""
+        return len(self._logs)
+
     def log_ids(self) -> list[bytes]:
         return [key[1:] for key, _ in self.db.items(b"I", b"J")]
 
@@ -414,7 +418,14 @@ class LogStore:
 
     @property
     def size(self) -> int:
-        """Number of entries stored (may exceed the latest checkpoint's size)."""
+        """Number of entries stored (may exceed the latest checkpoint's size).
+
+        Once the frontier is loaded it is kept equal to the stored counter by every write (a
+        failed write restores it), so it answers without a read, even while the database is
+        closed between a failed write and a successful reopen.
+        """
+        if self._frontier is not None:
+            return self._frontier.size
         raw = self.db.get(b"N" + self.num)
         if raw is None or len(raw) != 8:
             raise StoreCorruptError(f"log {self.log_id.hex()}: entry counter is damaged")
