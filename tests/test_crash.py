@@ -6,30 +6,17 @@ import random
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 from tests import factories as f
-from trustix_p2p.control.client import ControlClient, submit_leaves
+from tests.nodeproc import wait_ready
+from trustix_p2p.control.client import submit_leaves
 from trustix_p2p.errors import NodeUnavailableError
 from trustix_p2p.keyfile import write_key_file
 from trustix_p2p.storage import Store
 
 KEY = f.key("crashy")
 TRIALS = 50
-
-
-def wait_until_ready(sock: Path, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-        try:
-            with ControlClient(sock, timeout=1) as c:
-                c.status()
-            return
-        except NodeUnavailableError:
-            time.sleep(0.01)
-    raise AssertionError("node did not come up")
 
 
 def test_acknowledged_entries_survive_kill_9_at_random_moments(tmp_path: Path) -> None:
@@ -50,7 +37,7 @@ def test_acknowledged_entries_survive_kill_9_at_random_moments(tmp_path: Path) -
             stderr=subprocess.PIPE,
         )
         try:
-            wait_until_ready(sock, proc)
+            wait_ready(sock, proc)
             killer = threading.Timer(rng.uniform(0.0, 0.25), proc.kill)
             killer.start()
             while proc.poll() is None:
