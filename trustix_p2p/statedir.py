@@ -48,7 +48,7 @@ def make_private_dir(option: str, path: Path) -> None:
             path.mkdir(mode=0o700, parents=True)
             os.chmod(path, 0o700)  # whatever the umask left
         except FileExistsError:
-            pass
+            pass  # created meanwhile by someone else: the check below judges it like any other
         except OSError as exc:
             raise ConfigError(f"{option}: cannot create {path}: {exc.strerror}") from exc
     check_private_dir(option, path)

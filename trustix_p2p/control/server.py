@@ -108,7 +108,7 @@ class _Server:
                 async with stream:
                     await self._serve(stream, client)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            pass  # the client went away: nothing to answer, nothing to log
         finally:
             self.clients.discard(client)
 

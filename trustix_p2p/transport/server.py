@@ -277,7 +277,7 @@ async def _say_goodbye(connection: Connection, reason: str) -> None:
             await connection.send_message(Error(reason[:512]))
             await connection.flush()
         except (*CONNECTION_ERRORS, trio.BusyResourceError):
-            pass
+            pass  # best effort only: the connection is closed either way
 
 
 async def serve_noise(
