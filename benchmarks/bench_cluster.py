@@ -2,8 +2,9 @@
 
 Prints, for 500 nodes with Noise and without: wall seconds, virtual seconds, node-seconds of
 virtual time per wall second, events, and whether a second run with the same seed gave the
-same trace; then the memory of 1,000 idle nodes (each with its store, log, key and Noise
-listener; started and waiting), per node, beside the process's RSS before any node existed.
+same trace; then the memory of 1,000 idle nodes (each with its store, log, key and listener;
+started and waiting), per node, beside the process's RSS before any node existed, with Noise
+and with plain streams, each in a fresh process.
 
     .venv/bin/python benchmarks/bench_cluster.py            # about 2 to 4 minutes
     .venv/bin/python benchmarks/bench_cluster.py --nodes 100 --idle 200
@@ -32,20 +33,23 @@ def rss_mb() -> float:
     return 0.0
 
 
-def idle_only(count: int, seed: int) -> int:
+def idle_only(count: int, seed: int, secure: bool) -> int:
     """Start `count` nodes that do nothing; print the process's peak RSS beside its baseline."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     gc.collect()
     before = rss_mb()
-    spec = ClusterSpec(nodes=count, seed=seed, entries_per_node=0, pings_per_node=0, duration=1)
+    spec = ClusterSpec(
+        nodes=count, seed=seed, entries_per_node=0, pings_per_node=0, duration=1, secure=secure
+    )
     start = time.perf_counter()
     run_cluster(spec)
     wall = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{count:,} idle nodes: peak RSS {peak:.1f} MB, of which {before:.1f} MB before any")
+    label = "Noise" if secure else "plain streams"
     print(
-        f"node existed: {(peak - before) * 1024 / count:.0f} KB per node; "
+        f"{count:,} idle nodes, {label}: peak RSS {peak:.1f} MB, of which {before:.1f} MB "
+        f"before any node existed: {(peak - before) * 1024 / count:.0f} KB per node; "
         f"start, idle {spec.duration + 2 * spec.checkpoint_interval:g} virtual s and stop took "
         f"{wall:.1f} s"
     )
@@ -58,9 +62,10 @@ def main() -> int:
     parser.add_argument("--idle", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--idle-only", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.idle_only:
-        return idle_only(args.idle_only, args.seed)
+        return idle_only(args.idle_only, args.seed, secure=not args.plain)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
 
@@ -78,15 +83,24 @@ def main() -> int:
             f"{len(trace):>9,}  {'yes' if trace == again else 'NO'}"
         )
 
-    # Idle memory in a fresh process, so the runs above do not count in its peak.
-    out = subprocess.run(
-        [sys.executable, __file__, "--idle-only", str(args.idle), "--seed", str(args.seed)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    # Idle memory in a fresh process each, so the runs above do not count in its peak.
     print()
-    print(out.strip())
+    for extra in ([], ["--plain"]):
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--idle-only",
+                str(args.idle),
+                "--seed",
+                str(args.seed),
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        print(out.strip())
     return 0
 
 

@@ -246,7 +246,7 @@ async def test_clients_that_never_read_cannot_block_anyone(
 ) -> None:
     sock = node.config.socket_path
     await call(submit_leaves, sock, [f.leaf(i) for i in range(5)])
-    request = protocol.frame(["lookup", f.entry(3).out_path])
+    request = protocol.encode_request(protocol.LookupRequest(f.entry(3).out_path))
 
     def flood() -> socket.socket:
         s = socket.socket(socket.AF_UNIX)

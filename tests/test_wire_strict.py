@@ -75,9 +75,8 @@ class Kitchen(wire.Message):
     maybe: tuple[bytes | None, ...] = wire.field(
         wire.ListOf(wire.Nullable(wire.Bytes(0, 3)), max_items=3)
     )
-    # An attrs field, not a dataclass default (ruff knows only immutable annotations).
-    pair: Pair | None = wire.field(wire.Nullable(wire.Struct(Pair)))  # noqa: RUF009
-    command: Add | Reset | Rename = wire.field(COMMAND)  # noqa: RUF009
+    pair: Pair | None = wire.field(wire.Nullable(wire.Struct(Pair)))
+    command: Add | Reset | Rename = wire.field(COMMAND)
 
 
 @STRICT_REGISTRY.register(17)

@@ -489,24 +489,26 @@ class Node:
 
     async def _answer(self, request: protocol.Request) -> bytes:
         """Run one control request; TrustixErrors become error replies, bugs propagate."""
+        reply: protocol.Reply
         try:
             match request:
                 case protocol.Submit(leaves):
-                    return protocol.encode_ok(await self.submit(leaves))
+                    reply = protocol.SubmitReply(tuple(await self.submit(leaves)))
                 case protocol.StatusRequest():
-                    status = await self.executor.run(self.status)
-                    return protocol.encode_ok(protocol.status_to_wire(status))
+                    reply = protocol.StatusReply(await self.executor.run(self.status))
                 case protocol.CheckpointRequest(log_id):
                     note = await self.executor.run(self._checkpoint_note, log_id)
-                    return protocol.encode_ok(note)
+                    reply = protocol.CheckpointReply(note)
                 case protocol.LookupRequest(out_path):
                     hits = await self.executor.run(self.lookup, out_path)
-                    return protocol.encode_ok([protocol.hit_to_wire(h) for h in hits])
+                    reply = protocol.LookupReply(tuple(hits))
+                case _:
+                    raise AssertionError(f"unhandled request {request!r}")
         except NodeUnavailableError as exc:
-            return protocol.encode_unavailable(str(exc))
+            reply = protocol.Unavailable(str(exc))
         except TrustixError as exc:
-            return protocol.encode_error(str(exc))
-        raise AssertionError(f"unhandled request {request!r}")
+            reply = protocol.Refused(str(exc))
+        return protocol.encode_reply(reply)
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -19,20 +19,18 @@ import os
 import time
 
 from trustix_p2p.core.lean.control import (
-    decode_reply,
-    frame_length,
-    indices_from_wire,
+    frame_reader,
     submit_chunks,
+    submit_indices,
     submit_request,
 )
-from trustix_p2p.errors import NodeUnavailableError, RemoteProtocolError
+from trustix_p2p.errors import NodeUnavailableError
 
 # Not `from typing import TYPE_CHECKING`: importing typing adds milliseconds to the start of
 # the post-build hook, on every build.  Type checkers treat this name as true all the same.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from typing import Any
 
     from trustix_p2p.control import protocol
 
@@ -64,58 +62,56 @@ class ControlClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _recv_exact(self, n: int) -> bytes:
-        chunks = []
-        while n:
-            chunk = self._sock.recv(min(n, 1 << 20))
-            if not chunk:
-                raise NodeUnavailableError("the node closed the control connection")
-            chunks.append(chunk)
-            n -= len(chunk)
-        return b"".join(chunks)
-
-    def _exchange(self, request: bytes) -> Any:
-        """Send one framed request; the payload of the node's ok reply."""
+    def _exchange(self, request: bytes) -> memoryview:
+        """Send one framed request; the body of the node's reply frame."""
+        reader = frame_reader()
         try:
             self._sock.sendall(request)
-            n = frame_length(self._recv_exact(4))
-            return decode_reply(self._recv_exact(n))
+            while (body := reader.next_frame()) is None:
+                chunk = self._sock.recv(min(reader.wanted(), 1 << 20))
+                if not chunk:
+                    raise NodeUnavailableError("the node closed the control connection")
+                reader.feed(chunk)
         except (TimeoutError, ConnectionError, OSError) as exc:
             raise NodeUnavailableError(
                 f"the node on {self.socket_path} did not answer: {exc}"
             ) from exc
+        return body
 
-    def call(self, request: protocol.Request) -> Any:
+    def call(self, request: protocol.Request) -> protocol.OkReply:
+        """Send a request; the node's ok reply (its refusals raise, see `protocol.decode_ok`)."""
         from trustix_p2p.control import protocol
 
-        return self._exchange(protocol.encode_request(request))
+        return protocol.decode_ok(request, self._exchange(protocol.encode_request(request)))
 
     def submit(self, leaves: Sequence[bytes]) -> list[int]:
         """Log leaves; their indices once durable.  Large submissions go in several frames,
         each acknowledged on its own (a retry of the whole is safe: submission is idempotent)."""
         indices: list[int] = []
         for chunk in submit_chunks(list(leaves)):
-            reply = self._exchange(submit_request(chunk))
-            indices += indices_from_wire(reply, len(chunk))
+            indices += submit_indices(self._exchange(submit_request(chunk)), len(chunk))
         return indices
 
     def status(self) -> protocol.Status:
         from trustix_p2p.control import protocol
 
-        return protocol.status_from_wire(self.call(protocol.StatusRequest()))
+        reply = self.call(protocol.StatusRequest())
+        assert isinstance(reply, protocol.StatusReply)
+        return reply.status
 
     def checkpoint(self, log_id: bytes | None = None) -> bytes | None:
         from trustix_p2p.control import protocol
 
         reply = self.call(protocol.CheckpointRequest(log_id))
-        if reply is not None and not isinstance(reply, bytes):
-            raise RemoteProtocolError("malformed checkpoint reply")
-        return reply
+        assert isinstance(reply, protocol.CheckpointReply)
+        return reply.note
 
     def lookup(self, out_path: str) -> list[protocol.LookupHit]:
         from trustix_p2p.control import protocol
 
-        return protocol.hits_from_wire(self.call(protocol.LookupRequest(out_path)))
+        reply = self.call(protocol.LookupRequest(out_path))
+        assert isinstance(reply, protocol.LookupReply)
+        return list(reply.hits)
 
 
 def submit_leaves(

@@ -1,30 +1,35 @@
-"""Control-socket messages: framing, attrs message classes and strict decoders.
+"""Control-socket messages: declarative request and reply classes in the wire codec.
 
 Frames are a 4-byte big-endian length and a msgpack array whose first element names the
 message.  The socket is local and owner-only, but its input is still treated as untrusted
-bytes: every field is type- and range-checked here, and nothing reaches the node as a dict.
+bytes: every field is type- and range-checked, and nothing reaches the node as a dict.
 
 Requests:  ["submit", [leaf bytes, ...]]   -> ["ok", [index, ...]]
-           ["status"]                      -> ["ok", Status fields...]
+           ["status"]                      -> ["ok", [Status fields...]]
            ["checkpoint", log_id | nil]    -> ["ok", note bytes | nil]
-           ["lookup", out_path]            -> ["ok", [LookupHit fields...], ...]
+           ["lookup", out_path]            -> ["ok", [[LookupHit fields...], ...]]
 Any request can instead be answered ["error", message] (refused: do not retry as is) or
 ["unavailable", message] (the node cannot take it now, e.g. after a failed write: retry later,
 or spool).
 
-Requests are read by the schema-directed reader of `trustix_p2p.core.wire` (a `Tagged` spec
-over the request classes below), so a hostile frame is refused at the first header that does
-not fit, before anything is built for it; this module must never hand a request frame to a
-general msgpack unpacker.  Replies come from our own node and are read with msgpack.
+Every message, request or reply, is an attrs class whose fields carry `wire` specs, in the
+control protocol's own tables: `REQUESTS` (a `wire.Tagged` spec over the request classes) and,
+per request class, the `Tagged` spec of its replies (`reply_spec`).  Both sides encode through
+these specs (so neither sends what the other would refuse) and read with the schema-directed
+reader of `trustix_p2p.core.wire`, so a hostile frame is refused at the first header that does
+not fit, before anything is built for it; no frame is handed to a general msgpack unpacker
+here.  Streams are split into frames by the project's one frame reader,
+`trustix_p2p.core.lean.frame.FrameReader` (`frame_reader()` makes one for this socket).
 
-The framing, the submit request and the reply checks live in the lean layer,
-`trustix_p2p.core.lean.control` (the post-build hook submits through it, with plain msgpack),
-and are re-exported here.  This module does no I/O.
+The one exception is the post-build hook's submission: the hook must not load attrs, so it
+frames `["submit", leaves]` and checks the `["ok", [index, ...]]` reply in the lean layer
+(`trustix_p2p.core.lean.control`); tests/test_control_protocol.py holds the two to the same
+answers on arbitrary input.  This module does no I/O.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final
 
 import attrs
 
@@ -33,48 +38,56 @@ from trustix_p2p.core.lean.control import (
     MAX_FRAME,
     MAX_HITS,
     MAX_LEAVES_PER_SUBMIT,
-    decode_reply,
+    MAX_MESSAGE,
     frame,
-    frame_length,
-    indices_from_wire,
-    submit_request,
-    unpack,
+    frame_reader,
 )
-from trustix_p2p.core.lean.control import check_bytes as _bytes
-from trustix_p2p.core.lean.control import check_int as _int
 from trustix_p2p.core.lean.entry import MAX_ENTRY_BYTES
-from trustix_p2p.errors import DecodeError
+from trustix_p2p.core.note import MAX_NOTE_SIZE
+from trustix_p2p.errors import NodeUnavailableError, RemoteProtocolError
 
 # Store paths are far shorter; this only bounds what a lookup request may carry.
 MAX_LOOKUP_PATH: Final = 4096
+# Bounds of what a node says about itself: the addresses it listens on, and their text.
+MAX_LISTEN: Final = 64
+MAX_ADDRESS: Final = 300
+# An inclusion proof in a log of at most 2**63 leaves has at most 63 hashes.
+MAX_PROOF: Final = 64
 
 __all__ = [
     "MAX_FRAME",
     "MAX_HITS",
     "MAX_LEAVES_PER_SUBMIT",
+    "REQUESTS",
+    "CheckpointReply",
     "CheckpointRequest",
     "LookupHit",
+    "LookupReply",
     "LookupRequest",
+    "OkReply",
+    "Refused",
+    "Reply",
     "Request",
     "Status",
+    "StatusReply",
     "StatusRequest",
     "Submit",
+    "SubmitReply",
+    "Unavailable",
+    "decode_ok",
     "decode_reply",
     "decode_request",
-    "encode_error",
-    "encode_ok",
+    "encode_reply",
     "encode_request",
-    "encode_unavailable",
-    "frame",
-    "frame_length",
-    "hit_to_wire",
-    "hits_from_wire",
-    "indices_from_wire",
-    "status_from_wire",
-    "status_to_wire",
-    "submit_request",
-    "unpack",
+    "frame_reader",
+    "reply_spec",
 ]
+
+_UINT63: Final = wire.Integer(0, 2**63 - 1)
+_KEY: Final = wire.Bytes(32, 32)
+
+
+# -- requests -------------------------------------------------------------------------------
 
 
 @attrs.frozen
@@ -91,7 +104,7 @@ class StatusRequest:
 
 @attrs.frozen
 class CheckpointRequest:
-    log_id: bytes | None = wire.field(wire.Nullable(wire.Bytes(32, 32)))
+    log_id: bytes | None = wire.field(wire.Nullable(_KEY))
 
 
 @attrs.frozen
@@ -102,7 +115,7 @@ class LookupRequest:
 Request = Submit | StatusRequest | CheckpointRequest | LookupRequest
 
 # The request table: the tag each request's array starts with.
-_REQUESTS: Final = wire.Tagged(
+REQUESTS: Final = wire.Tagged(
     {
         "submit": Submit,
         "status": StatusRequest,
@@ -112,18 +125,23 @@ _REQUESTS: Final = wire.Tagged(
 )
 
 
+# -- replies --------------------------------------------------------------------------------
+
+
 @attrs.frozen
 class Status:
     """What `trustix-p2p status` shows."""
 
-    public_key: bytes | None
-    log_id: bytes | None
-    size: int
-    checkpoint_size: int
-    checkpoint_time: int
-    spool_pending: int
-    logs: int
-    listen: tuple[str, ...]
+    public_key: bytes | None = wire.field(wire.Nullable(_KEY))
+    log_id: bytes | None = wire.field(wire.Nullable(_KEY))
+    size: int = wire.field(_UINT63)
+    checkpoint_size: int = wire.field(_UINT63)
+    checkpoint_time: int = wire.field(_UINT63)
+    spool_pending: int = wire.field(_UINT63)
+    logs: int = wire.field(_UINT63)
+    listen: tuple[str, ...] = wire.field(
+        wire.ListOf(wire.Text(max_len=MAX_ADDRESS), MAX_LISTEN), converter=tuple
+    )
 
 
 @attrs.frozen
@@ -133,99 +151,121 @@ class LookupHit:
     `checkpoint` and `proof` are None when the leaf is not yet covered by a signed checkpoint.
     """
 
-    log_id: bytes
-    index: int
-    leaf: bytes
-    checkpoint: bytes | None
-    proof: tuple[bytes, ...] | None
+    log_id: bytes = wire.field(_KEY)
+    index: int = wire.field(_UINT63)
+    leaf: bytes = wire.field(wire.Bytes(1, MAX_ENTRY_BYTES))
+    checkpoint: bytes | None = wire.field(wire.Nullable(wire.Bytes(1, MAX_NOTE_SIZE)))
+    proof: tuple[bytes, ...] | None = wire.field(wire.Nullable(wire.ListOf(_KEY, MAX_PROOF)))
 
 
-def encode_request(req: Request) -> bytes:
-    match req:
-        case Submit(leaves):
-            return submit_request(list(leaves))
-        case StatusRequest():
-            return frame(["status"])
-        case CheckpointRequest(log_id):
-            return frame(["checkpoint", log_id])
-        case LookupRequest(out_path):
-            return frame(["lookup", out_path])
-    raise AssertionError(f"unknown request {req!r}")
+@attrs.frozen
+class SubmitReply:
+    """The log index of each submitted leaf, in order, once durable."""
 
-
-def decode_request(data: bytes) -> Request:
-    """The request a frame's body holds, or `DecodeError` for anything malformed."""
-    request: Request = wire.decode_value(data, _REQUESTS, "control request")
-    return request
-
-
-def encode_ok(payload: Any) -> bytes:
-    return frame(["ok", payload])
-
-
-def encode_error(message: str) -> bytes:
-    return frame(["error", message[:4096]])
-
-
-def encode_unavailable(message: str) -> bytes:
-    return frame(["unavailable", message[:4096]])
-
-
-def status_to_wire(s: Status) -> list[Any]:
-    return [
-        s.public_key,
-        s.log_id,
-        s.size,
-        s.checkpoint_size,
-        s.checkpoint_time,
-        s.spool_pending,
-        s.logs,
-        list(s.listen),
-    ]
-
-
-def status_from_wire(v: Any) -> Status:
-    if not isinstance(v, list) or len(v) != 8:
-        raise DecodeError("malformed status reply")
-    pub = None if v[0] is None else _bytes(v[0], "public key", 32)
-    log_id = None if v[1] is None else _bytes(v[1], "log id", 32)
-    if not isinstance(v[7], list) or not all(isinstance(x, str) for x in v[7]):
-        raise DecodeError("malformed status reply")
-    return Status(
-        pub,
-        log_id,
-        _int(v[2], "size"),
-        _int(v[3], "checkpoint size"),
-        _int(v[4], "checkpoint time"),
-        _int(v[5], "spool"),
-        _int(v[6], "logs"),
-        tuple(v[7]),
+    indices: tuple[int, ...] = wire.field(
+        wire.ListOf(_UINT63, MAX_LEAVES_PER_SUBMIT), converter=tuple
     )
 
 
-def hit_to_wire(h: LookupHit) -> list[Any]:
-    return [h.log_id, h.index, h.leaf, h.checkpoint, None if h.proof is None else list(h.proof)]
+@attrs.frozen
+class StatusReply:
+    status: Status = wire.field(wire.Struct(Status))
 
 
-def hits_from_wire(v: Any) -> list[LookupHit]:
-    if not isinstance(v, list) or len(v) > MAX_HITS:
-        raise DecodeError("malformed lookup reply")
-    hits = []
-    for item in v:
-        if not isinstance(item, list) or len(item) != 5:
-            raise DecodeError("malformed lookup hit")
-        proof = item[4]
-        if proof is not None:
-            if not isinstance(proof, list) or len(proof) > 64:
-                raise DecodeError("malformed lookup proof")
-            proof = tuple(_bytes(p, "proof hash", 32) for p in proof)
-        hits.append(
-            LookupHit(
-                _bytes(item[0], "log id", 32),
-                _int(item[1], "index"),
-                _bytes(item[2], "leaf"),
-                None if item[3] is None else _bytes(item[3], "checkpoint"),
-                proof,
-            )
-        )
-    return hits
+@attrs.frozen
+class CheckpointReply:
+    """The latest signed checkpoint note of the log asked about, or None."""
+
+    note: bytes | None = wire.field(wire.Nullable(wire.Bytes(1, MAX_NOTE_SIZE)))
+
+
+@attrs.frozen
+class LookupReply:
+    hits: tuple[LookupHit, ...] = wire.field(
+        wire.ListOf(wire.Struct(LookupHit), MAX_HITS), converter=tuple
+    )
+
+
+def _clip(message: str) -> str:
+    return message[:MAX_MESSAGE]
+
+
+@attrs.frozen
+class Refused:
+    """The node refused the request: do not retry it as is."""
+
+    message: str = wire.field(wire.Text(max_len=MAX_MESSAGE), converter=_clip)
+
+
+@attrs.frozen
+class Unavailable:
+    """The node cannot take the request now (a failed write, say): retry later, or spool."""
+
+    message: str = wire.field(wire.Text(max_len=MAX_MESSAGE), converter=_clip)
+
+
+OkReply = SubmitReply | StatusReply | CheckpointReply | LookupReply
+Reply = OkReply | Refused | Unavailable
+
+_OK_REPLY: Final[dict[type[Request], type[OkReply]]] = {
+    Submit: SubmitReply,
+    StatusRequest: StatusReply,
+    CheckpointRequest: CheckpointReply,
+    LookupRequest: LookupReply,
+}
+# Per request class, the table of its replies.
+_REPLIES: Final[dict[type[Request], wire.Tagged]] = {
+    request: wire.Tagged({"ok": ok, "error": Refused, "unavailable": Unavailable})
+    for request, ok in _OK_REPLY.items()
+}
+# Each reply class to a table that encodes it.
+_ENCODERS: Final[dict[type[Reply], wire.Tagged]] = {
+    **{ok: _REPLIES[request] for request, ok in _OK_REPLY.items()},
+    Refused: _REPLIES[Submit],
+    Unavailable: _REPLIES[Submit],
+}
+
+
+def reply_spec(request: Request | type[Request]) -> wire.Tagged:
+    """The table of replies to this request (or request class)."""
+    return _REPLIES[request if isinstance(request, type) else type(request)]
+
+
+# -- encoding and decoding ------------------------------------------------------------------
+
+
+def encode_request(request: Request) -> bytes:
+    """The framed request (a Submit frames to what the lean layer's `submit_request` does)."""
+    return frame(REQUESTS.encode(request, "control request"))
+
+
+def decode_request(body: bytes | bytearray | memoryview) -> Request:
+    """The request a frame's body holds, or `DecodeError` for anything malformed."""
+    request: Request = wire.decode_value(body, REQUESTS, "control request")
+    return request
+
+
+def encode_reply(reply: Reply) -> bytes:
+    """The framed reply; `LocalProtocolError` if it breaks its own spec (a bug of ours)."""
+    return frame(_ENCODERS[type(reply)].encode(reply, "control reply"))
+
+
+def decode_reply(request: Request, body: bytes | bytearray | memoryview) -> Reply:
+    """The reply to `request` a frame's body holds, or `DecodeError` if malformed."""
+    reply: Reply = wire.decode_value(body, reply_spec(request), "control reply")
+    return reply
+
+
+def decode_ok(request: Request, body: bytes | bytearray | memoryview) -> OkReply:
+    """The ok reply to `request`.
+
+    RemoteProtocolError carries the node's message when it refused the request, and
+    NodeUnavailableError when it cannot take it now (the caller may retry or spool).
+    """
+    reply = decode_reply(request, body)
+    match reply:
+        case Refused(message):
+            raise RemoteProtocolError(f"node refused the request: {message}")
+        case Unavailable(message):
+            raise NodeUnavailableError(f"node cannot take the request now: {message}")
+    return reply

@@ -33,7 +33,8 @@ import attrs
 import trio
 
 from trustix_p2p.control import protocol
-from trustix_p2p.errors import ConfigError, DecodeError, RemoteProtocolError
+from trustix_p2p.core.lean.frame import FrameReader
+from trustix_p2p.errors import ConfigError, DecodeError
 
 __all__ = ["ControlLimits", "serve_control", "unix_listener"]
 
@@ -120,34 +121,15 @@ class _Server:
         return False
 
     async def _serve(self, stream: trio.SocketStream, client: _Client) -> None:
-        reader = _FrameReader(stream)
-        limits = self.limits
+        reader = protocol.frame_reader()
         while True:
-            client.idle_since = trio.current_time()
-            with trio.move_on_after(limits.idle_timeout):
-                header = await reader.read_exactly(4)
-                client.idle_since = None
-            if client.idle_since is not None or header is None:
-                return  # idle too long, or closed between requests
             try:
-                n = protocol.frame_length(header)
-            except RemoteProtocolError as exc:
-                await self._send(stream, protocol.encode_error(str(exc)))
-                return
-            body: bytes | None = None
-            with trio.move_on_after(limits.frame_timeout):
-                await self.budget.acquire(n)
-                try:
-                    body = await reader.read_exactly(n)
-                finally:
-                    self.budget.release(n)
-            if body is None:
-                return  # closed mid-frame, or too slow
-            try:
-                request = protocol.decode_request(body)
+                request = await self._read_request(stream, reader, client)
             except DecodeError as exc:
-                await self._send(stream, protocol.encode_error(str(exc)))
+                await self._send(stream, protocol.encode_reply(protocol.Refused(str(exc))))
                 return
+            if request is None:
+                return  # closed, idle too long between requests, or too slow within one
             try:
                 reply = await self.handler(request)
             except Exception:
@@ -160,29 +142,50 @@ class _Server:
             if not await self._send(stream, reply):
                 return
 
+    async def _read_request(
+        self, stream: trio.SocketStream, reader: FrameReader, client: _Client
+    ) -> protocol.Request | None:
+        """The next request, or None if the client left, idled or was too slow.
 
-class _FrameReader:
-    """Reads exact byte counts from a stream, never buffering past what was asked for.
+        Reads at most `reader.wanted()` bytes at a time, so never past the frame under way:
+        its header within idle_timeout, then, holding a share of the byte budget the size of
+        its body, the body within frame_timeout.  DecodeError for a frame above the limit
+        (refused from its header alone) or a body that is no request.
+        """
+        limits = self.limits
+        client.idle_since = trio.current_time()
+        body: memoryview | None = None
+        with trio.move_on_after(limits.idle_timeout):
+            while (body := reader.next_frame()) is None and reader.body_length is None:
+                if not await _receive_into(stream, reader):
+                    return None
+            client.idle_since = None
+        if client.idle_since is not None:
+            return None
+        if body is not None:  # an empty body: complete with its header
+            return protocol.decode_request(body)
+        size = reader.body_length
+        assert size is not None
+        with trio.move_on_after(limits.frame_timeout):
+            await self.budget.acquire(size)
+            try:
+                while (body := reader.next_frame()) is None:
+                    if not await _receive_into(stream, reader):
+                        return None
+                return protocol.decode_request(body)
+            finally:
+                self.budget.release(size)
+        return None
 
-    A frame costs at most twice its size while read: its chunks, then the joined bytes.
-    """
 
-    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
-        self._stream = stream
-
-    async def read_exactly(self, n: int) -> bytes | None:
-        """`n` bytes, or None if the stream ended first."""
-        chunks: list[bytes | bytearray] = []
-        got = 0
-        while got < n:
-            chunk = await self._stream.receive_some(min(1 << 20, n - got))
-            if not chunk:
-                return None
-            chunks.append(chunk)
-            got += len(chunk)
-        data = b"".join(chunks)
-        chunks.clear()
-        return data
+async def _receive_into(stream: trio.abc.ReceiveStream, reader: FrameReader) -> bool:
+    """Feed the reader what the stream has, up to what completes its current part; False
+    when the stream has ended."""
+    data = await stream.receive_some(min(reader.wanted(), 1 << 20))
+    if not data:
+        return False
+    reader.feed(data)
+    return True
 
 
 def _check_socket_path(path: Path) -> None:

@@ -47,6 +47,7 @@ from typing import Any, ClassVar, Final, TypeVar
 import attrs
 import msgpack
 
+from trustix_p2p.core.lean.frame import LENGTH_PREFIX_SIZE, FrameReader
 from trustix_p2p.errors import DecodeError, LocalProtocolError
 
 __all__ = [
@@ -77,7 +78,6 @@ __all__ = [
 ]
 
 DEFAULT_MAX_MESSAGE_SIZE: Final = 4 * 1024 * 1024
-LENGTH_PREFIX_SIZE: Final = 4
 UINT64_MAX: Final = 2**64 - 1
 MAX_TYPE_ID: Final = 0xFFFF
 
@@ -887,15 +887,14 @@ def decode_body(
 class MessageReader:
     """Splits a byte stream into framed messages and decodes them; bytes in, messages out.
 
+    The framing is the project's one frame reader (`trustix_p2p.core.lean.frame.FrameReader`,
+    which documents the buffering); this adds the registry's strict decoding of each body.
     Call `next_message()`; when it returns None, `feed()` more bytes.  A length above
-    `max_message_size` is refused as soon as its 4 bytes arrive, so the reader never holds
-    more than one maximal message plus the last `feed`.  After a `DecodeError` the reader is
-    unusable (the stream has lost its framing).
-
-    Messages that arrive whole inside one fed chunk are decoded in place; only a message
-    split across chunks is copied, into a reassembly buffer that grows in amortised linear
-    time, so a 4 MiB message fed in small chunks costs one copy, not one per chunk.
+    `max_message_size` is refused as soon as its 4 bytes arrive.  After a `DecodeError` the
+    reader is unusable (the stream has lost its framing).
     """
+
+    __slots__ = ("_frames", "_registry")
 
     def __init__(
         self,
@@ -904,90 +903,31 @@ class MessageReader:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         self._registry = registry
-        self._max = max_message_size
-        # Unconsumed bytes: first `_partial` (the start of a message split across chunks),
-        # then self._chunk[self._pos:] (the rest of the last fed chunk, never mutated).
-        self._partial = bytearray()
-        self._chunk: bytes | bytearray | memoryview = b""
-        self._pos = 0
-        self._failed = False
+        self._frames = FrameReader(max_message_size, "message")
 
     def buffered(self) -> int:
-        return len(self._partial) + len(self._chunk) - self._pos
+        return self._frames.buffered()
 
     @property
     def at_boundary(self) -> bool:
         """True when no partial message is buffered (a clean place for the stream to end)."""
-        return self.buffered() == 0
-
-    def _check(self) -> None:
-        if self._failed:
-            raise LocalProtocolError("the message reader failed earlier")
-
-    def _size_of(self, prefix: bytes | bytearray | memoryview) -> int:
-        size = int.from_bytes(prefix, "big")
-        if size > self._max:
-            self._failed = True
-            raise DecodeError(f"message of {size} bytes is above the {self._max}-byte limit")
-        return size
+        return self._frames.at_boundary
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Add bytes; the reader keeps a reference, so do not mutate `data` afterwards.
 
         Allowed only after `next_message()` returned None.
         """
-        self._check()
-        if self._pos < len(self._chunk):
-            raise LocalProtocolError("feed() called before the previous bytes were consumed")
-        partial = self._partial
-        if not partial:
-            self._chunk, self._pos = data, 0
-            return
-        rest = memoryview(data)
-        if len(partial) < LENGTH_PREFIX_SIZE:
-            take = LENGTH_PREFIX_SIZE - len(partial)
-            partial += rest[:take]
-            rest = rest[take:]
-        if len(partial) >= LENGTH_PREFIX_SIZE:
-            need = LENGTH_PREFIX_SIZE + self._size_of(partial[:LENGTH_PREFIX_SIZE]) - len(partial)
-            partial += rest[:need]
-            rest = rest[need:]
-        self._chunk, self._pos = rest, 0
+        self._frames.feed(data)
 
     def next_message(self) -> Message | None:
-        self._check()
-        partial = self._partial
-        if partial:
-            if len(partial) < LENGTH_PREFIX_SIZE:
-                return None
-            end = LENGTH_PREFIX_SIZE + self._size_of(partial[:LENGTH_PREFIX_SIZE])
-            if len(partial) < end:
-                return None
-            # A fresh buffer for the next split message; this one is decoded and dropped.
-            self._partial = bytearray()
-            return self._decode(memoryview(partial)[LENGTH_PREFIX_SIZE:end])
-        chunk, pos = self._chunk, self._pos
-        start = pos + LENGTH_PREFIX_SIZE
-        if len(chunk) < start:
-            self._carry_over()
+        body = self._frames.next_frame()
+        if body is None:
             return None
-        end = start + self._size_of(chunk[pos:start])
-        if len(chunk) < end:
-            self._carry_over()
-            return None
-        self._pos = end
-        return self._decode(memoryview(chunk)[start:end])
-
-    def _carry_over(self) -> None:
-        # The rest of the chunk starts a message that continues in the next feed.
-        self._partial += self._chunk[self._pos :]
-        self._chunk, self._pos = b"", 0
-
-    def _decode(self, body: memoryview) -> Message:
         try:
             return self._registry.decode_body(body)
         except DecodeError:
-            self._failed = True
+            self._frames.fail()
             raise
 
 
