@@ -23,9 +23,10 @@ from hypothesis import strategies as st
 
 from tests.test_wire import TEST_REGISTRY
 from trustix_p2p.control import protocol as p
-from trustix_p2p.control.protocol import MAX_LEAVES_PER_SUBMIT, submit_request
+from trustix_p2p.control.protocol import MAX_LEAVES_PER_SUBMIT
 from trustix_p2p.core import wire
 from trustix_p2p.core.entry import MAX_ENTRY_BYTES
+from trustix_p2p.core.lean.control import submit_request
 from trustix_p2p.core.wire import REGISTRY, MessageReader, MessageRegistry, decode_body
 from trustix_p2p.errors import DecodeError
 
