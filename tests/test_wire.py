@@ -69,7 +69,9 @@ def test_round_trip_and_exact_wire_format() -> None:
 
 
 def test_ping_pong_error_are_registered() -> None:
-    assert REGISTRY.types() == {1: Ping, 2: Pong, 3: Error}
+    # Ids 0..15 are the connection-level messages of this module; gossip messages, registered
+    # by their own modules, start at 16.
+    assert {i: t for i, t in REGISTRY.types().items() if i < 16} == {1: Ping, 2: Pong, 3: Error}
     for message in (Ping(0), Pong(2**64 - 1), Error("why")):
         assert decode_body(encode_message(message)[4:]) == message
     assert encode_message(Ping(5)) == b"\x00\x00\x00\x03\x92\x01\x05"

@@ -17,6 +17,17 @@ gets a 4-byte local number (so keys stay short) and its data lives under these k
     b"C" + num                            -> latest checkpoint note bytes, exactly as signed
     b"K" + num + size(8) + sha256(note)   -> every checkpoint note kept for this log
     b"T" + num + block(8)                 -> hash tile of leaves [256 * block, 256 * block + 256)
+    b"H" + num                            -> gossip head: the latest checkpoint note the node
+                                             accepted for this log (may be ahead of the stored
+                                             entries while a mirror syncs; a witness keeps
+                                             only this), with the cosignatures it gathered
+    b"F" + num                            -> how the node follows the log: b"mirror" or
+                                             b"witness" (absent: mirror, as before gossip)
+
+Node-wide records, outside any log:
+
+    b"V" + evidence id (32 bytes)         -> a verified evidence document (gossip.records)
+    b"R" + peer address                   -> what the node remembers of a peer (gossip.records)
 
 A leaf record holds everything the Merkle tree needs at that position, so an append writes two
 keys per entry: the leaf hash, then the hashes of the perfect subtrees this leaf completes
@@ -331,6 +342,36 @@ class Store:
     def has_log(self, log_id: bytes) -> bool:
         return self.db.get(b"I" + log_id) is not None
 
+    # -- node-wide records (the gossip engine's evidence and peers) ------------------------
+
+    def records(self, kind: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """(name, value) of every node-wide record of `kind` (b"V" evidence, b"R" peers)."""
+        self._check_kind(kind)
+        for key, value in self.db.items(kind, prefix_stop(kind)):
+            yield key[1:], value
+
+    def record(self, kind: bytes, name: bytes) -> bytes | None:
+        self._check_kind(kind)
+        value: bytes | None = self.db.get(kind + name)
+        return value
+
+    def put_record(self, kind: bytes, name: bytes, value: bytes) -> None:
+        self._check_kind(kind)
+        wb = self.db.write_batch()
+        wb.put(kind + name, value)
+        self.write(wb)
+
+    def delete_record(self, kind: bytes, name: bytes) -> None:
+        self._check_kind(kind)
+        wb = self.db.write_batch()
+        wb.delete(kind + name)
+        self.write(wb)
+
+    @staticmethod
+    def _check_kind(kind: bytes) -> None:
+        if kind not in (b"V", b"R"):
+            raise LocalProtocolError(f"no node-wide records of kind {kind!r}")
+
     def own_log_id(self) -> bytes | None:
         """The log id of this node's own log, if it has one."""
         for log_id in self.log_ids():
@@ -556,6 +597,37 @@ class LogStore:
         for _, note in self.db.items(prefix, prefix_stop(prefix)):
             yield note
 
+    def checkpoint_of_size(self, size: int) -> bytes | None:
+        """A kept checkpoint note of exactly `size` (the first by note hash), or None."""
+        prefix = b"K" + self.num + _U64.pack(size)
+        for _, note in self.db.items(prefix, prefix_stop(prefix)):
+            return note
+        return None
+
+    def head(self) -> bytes | None:
+        """The gossip head note (see the module docstring), or None."""
+        note: bytes | None = self.db.get(b"H" + self.num)
+        return note
+
+    def set_head(self, note: bytes) -> None:
+        """Remember the gossip head (the caller verified it; it is one key, O(1) per log)."""
+        wb = self.db.write_batch()
+        wb.put(b"H" + self.num, note)
+        self.store.write(wb)
+
+    @property
+    def mode(self) -> str:
+        """How this node follows the log: "mirror" or "witness"."""
+        raw = self.db.get(b"F" + self.num)
+        return "mirror" if raw is None else raw.decode("ascii", "replace")
+
+    def set_mode(self, mode: str) -> None:
+        if mode not in ("mirror", "witness"):
+            raise LocalProtocolError(f"unknown follow mode {mode!r}")
+        wb = self.db.write_batch()
+        wb.put(b"F" + self.num, mode.encode())
+        self.store.write(wb)
+
     def _check_size(self, size: int) -> None:
         # The frontier's size is the stored size without a read per proof.
         if not 0 <= size <= self.frontier().size:
@@ -574,6 +646,7 @@ class LogStore:
         *,
         checkpoint: SignedCheckpoint | None = None,
         sign: Callable[[int, bytes], SignedCheckpoint] | None = None,
+        check: Callable[[int, bytes], None] | None = None,
     ) -> list[int]:
         """Append leaves (and optionally a checkpoint over the result) in one durable batch.
 
@@ -583,7 +656,10 @@ class LogStore:
         A `checkpoint` must cover exactly the new size
         and its root must equal the root recomputed here, or nothing is written.  Instead of a
         checkpoint, a builder may pass `sign(size, root)`, called once the new root is known, so
-        that its checkpoint goes in the same batch as the entries it covers.
+        that its checkpoint goes in the same batch as the entries it covers.  `check(size,
+        root)`, called once the new root is known and before anything is written, may raise to
+        refuse the batch: a mirror proves that the new tree is a prefix of a signed one there,
+        without hashing the entries twice.
         """
         frontier = self.frontier()
         start_size = frontier.size
@@ -636,6 +712,8 @@ class LogStore:
                 lo, hi = hi, hi + _TILE_WIDTH
             parts = chain.from_iterable(zip(hashes[lo:], completed[lo:], strict=True))
             tile_tail += b"".join(parts)
+            if check is not None:
+                check(frontier.size, frontier.root())
             if sign is not None:
                 checkpoint = sign(frontier.size, frontier.root())
             if checkpoint is not None:

@@ -1,0 +1,1287 @@
+"""The gossip engine: sans-IO, events in, actions out (DESIGN §6).
+
+One `Engine` is one node's gossip logic.  Its shell tells it what happened: a connection
+opened (`peer_connected`) or closed (`peer_disconnected`), a message arrived (`message`), time
+passed (`tick`, at the latest at `next_deadline()`), this node signed a checkpoint
+(`local_checkpoint`).  Each call returns the actions that follow: send a message to a peer,
+drop a peer (with the reason), peers learned, and the facts a shell reports (a head accepted,
+entries synced, evidence found).  The engine reads no clock (`now`, unix seconds, comes with
+every event), opens no socket, starts no task and touches no file: its log data is a
+`trustix_p2p.storage.Store` (LevelDB on a node, memory in a simulation), and its randomness an
+injected `random.Random`.  The node (`trustix_p2p.node`) drives it over Noise connections; the
+simulation harness drives the very same engine for thousands of nodes in virtual time.
+
+What a node knows of a log is its *head*: the latest checkpoint it accepted, kept in the store
+(`LogStore.head`).  A checkpoint is judged against it (`_judge`):
+
+- signature first (cached by exact bytes, so a duplicate costs a dictionary lookup);
+- the same size and another root: a split view, evidence at once;
+- smaller than the head: a mirror that holds those entries compares roots itself; otherwise
+  the engine asks a peer for a consistency proof from its size to the head's;
+- larger than the head: it is accepted only once a peer's consistency proof, with the
+  `prefix_root` at the head's size, shows that it extends the head; a proof whose prefix root
+  differs from a signed checkpoint of that size is evidence of an inconsistent history.
+
+A checkpoint that cannot be judged yet is kept (per log, up to `max_pending_per_log`) and
+judged again whenever the head advances or entries arrive.  A mirror then fetches entries in
+bounded ranges, each with the responder's signed checkpoint of the head's size and the
+consistency proof from the end of the range to it, and stores them only when they rebuild that
+root (`LogStore.append(check=...)`).  Only signatures and proofs move a head or make evidence;
+a peer's word never does, and a peer whose data fails a check is scored down and dropped.
+
+Memory is bounded whatever peers send: the logs followed (`max_logs`), the pending checkpoints
+per log, the notes remembered as seen, one request in flight per log, and per-peer budgets of
+messages and bytes per second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import random
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Final
+
+import attrs
+import msgpack
+
+from trustix_p2p.core import evidence as ev
+from trustix_p2p.core import merkle, wire
+from trustix_p2p.core.checkpoint import (
+    Cosignature,
+    SignedCheckpoint,
+    add_cosignatures,
+    cosign,
+    cosignature_key_id,
+    origin_for,
+    verify_checkpoint,
+    verify_cosignature,
+)
+from trustix_p2p.core.entry import decode_entry
+from trustix_p2p.core.keys import PrivateKey, PublicKey
+from trustix_p2p.core.note import Note, format_note, parse_note
+from trustix_p2p.errors import (
+    DecodeError,
+    LocalProtocolError,
+    TrustixError,
+    VerificationError,
+)
+from trustix_p2p.gossip import messages as m
+from trustix_p2p.storage import LeafRecord, LogStore, Store
+
+__all__ = [
+    "Accepted",
+    "Action",
+    "Disconnect",
+    "Engine",
+    "EngineConfig",
+    "EvidenceFound",
+    "Follow",
+    "LearnedPeers",
+    "Send",
+    "Synced",
+    "Verifier",
+]
+
+MODES: Final = ("mirror", "witness")
+UNKNOWN_MODES: Final = ("mirror", "witness", "ignore")
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Follow:
+    """A log this node follows by configuration."""
+
+    public_key: PublicKey
+    mode: str = "mirror"
+    name: str | None = None
+
+
+@attrs.frozen
+class EngineConfig:
+    follow: tuple[Follow, ...] = ()
+    follow_unknown: str = "witness"
+    anti_entropy_interval: float = 5.0
+    request_timeout: float = 10.0
+    retry_after: float = 2.0
+    max_logs: int = 10_000
+    entries_per_request: int = 1024
+    max_reply_bytes: int = 1 << 20
+    max_pending_per_log: int = 16
+    seen_notes: int = 1 << 16
+    peer_message_rate: float = 1000.0
+    peer_message_burst: float = 5000.0
+    peer_byte_rate: float = float(32 << 20)
+    peer_byte_burst: float = float(128 << 20)
+    ban_score: int = -100
+    advertise: tuple[str, ...] = ()
+    cosign: bool = True
+
+
+# -- actions ----------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Send:
+    peer: int
+    message: wire.Message
+
+
+@attrs.frozen
+class Disconnect:
+    peer: int
+    reason: str
+
+
+@attrs.frozen
+class LearnedPeers:
+    peer: int
+    addresses: tuple[str, ...]
+
+
+@attrs.frozen
+class Accepted:
+    """A new head of a log: `size`, and the peer it came from (None: signed here)."""
+
+    log_id: bytes
+    size: int
+    note_hash: bytes
+    peer: int | None
+
+
+@attrs.frozen
+class Synced:
+    """A mirror stored `count` more entries of a log; it now holds `size` of `target`."""
+
+    log_id: bytes
+    count: int
+    size: int
+    target: int
+
+
+@attrs.frozen
+class EvidenceFound:
+    """Verified evidence, new to this node (`peer`: who sent it; None: found here)."""
+
+    id: str
+    kind: str
+    log_id: bytes
+    peer: int | None
+
+
+Action = Send | Disconnect | LearnedPeers | Accepted | Synced | EvidenceFound
+
+
+# -- verification cache -------------------------------------------------------------------------
+
+
+class Verifier:
+    """Signature checks cached by the exact bytes checked.
+
+    One per engine by default; a simulation may share one between all its engines (one check
+    per distinct signed note per run).  Only successes are kept: what fails is checked again
+    every time, and costs its sender its score.
+    """
+
+    def __init__(self, max_entries: int = 1 << 16) -> None:
+        self._max = max_entries
+        self._checkpoints: OrderedDict[tuple[bytes, bytes], SignedCheckpoint] = OrderedDict()
+        self._evidence: OrderedDict[str, None] = OrderedDict()
+        self.checks = 0
+
+    def checkpoint(self, note: bytes, public_key: PublicKey) -> SignedCheckpoint:
+        key = (note, public_key.raw)
+        cached = self._checkpoints.get(key)
+        if cached is not None:
+            self._checkpoints.move_to_end(key)
+            return cached
+        self.checks += 1
+        signed = verify_checkpoint(note, public_key)
+        self._checkpoints[key] = signed
+        if len(self._checkpoints) > self._max:
+            self._checkpoints.popitem(last=False)
+        return signed
+
+    def evidence(self, evidence: ev.Evidence) -> str:
+        """Verify evidence (VerificationError if invalid); its id."""
+        ident = ev.evidence_id(evidence)
+        if ident in self._evidence:
+            return ident
+        self.checks += 1
+        ev.verify_evidence(evidence)
+        self._evidence[ident] = None
+        if len(self._evidence) > self._max:
+            self._evidence.popitem(last=False)
+        return ident
+
+
+def _sha(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def plain_note(signed: SignedCheckpoint) -> bytes:
+    """The note with only the log's own signature line (cosignature lines dropped)."""
+    note = parse_note(signed.note)
+    own = tuple(s for s in note.signatures if s.key_name == signed.checkpoint.origin)
+    if len(own) == len(note.signatures):
+        return signed.note
+    return format_note(Note(note.text, own[:1]))
+
+
+def witness_name(public_key: PublicKey) -> str:
+    """The name a node cosigns under: its own log's origin."""
+    return origin_for(public_key.log_id())
+
+
+# -- state --------------------------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class _Request:
+    peer: int
+    kind: str  # "consistency" | "entries"
+    old: int  # consistency: old size; entries: start
+    new: int  # consistency: new size; entries: target size
+    count: int
+    deadline: float
+    target: SignedCheckpoint | None = None
+
+
+@attrs.define(eq=False)
+class _Log:
+    log_id: bytes
+    public_key: PublicKey
+    mode: str  # "own" | "mirror" | "witness"
+    name: str | None
+    store: LogStore
+    head: SignedCheckpoint | None = None
+    head_hash: bytes = b""  # SHA-256 of the head's body
+    cosigs: dict[bytes, Cosignature] = attrs.field(factory=dict)
+    pending: OrderedDict[bytes, tuple[SignedCheckpoint, int | None]] = attrs.field(
+        factory=OrderedDict
+    )
+    request: _Request | None = None
+    # Peers that answered NoData, until when they are not asked again (or until the head
+    # moves, or they tell us a new head: a mirror that was syncing may have the data then).
+    refused: dict[int, float] = attrs.field(factory=dict)
+    # The verified consistency proof from the previous head to this one: (previous size,
+    # root of this head's tree at that size, proof); pushed with the head, served on request.
+    head_proof: tuple[int, bytes, tuple[bytes, ...]] | None = None
+    evidence: int = 0
+    synced_entries: int = 0
+
+
+@attrs.define(eq=False)
+class _Peer:
+    id: int
+    key: bytes
+    outbound: bool
+    address: str
+    connected_at: float
+    msg_tokens: float
+    byte_tokens: float
+    refilled: float
+    score: int = 0
+    advertised: tuple[str, ...] = ()
+    # What this peer is known to have of each log: (size, body hash) of the last head it
+    # sent us or we sent it, so nothing is echoed back and anti-entropy sends only news.
+    told: dict[bytes, tuple[int, bytes]] = attrs.field(factory=dict)
+    messages: int = 0
+    bytes_in: int = 0
+
+
+@attrs.frozen
+class PeerInfo:
+    id: int
+    key: bytes
+    outbound: bool
+    address: str
+    score: int
+    connected_at: float
+    messages: int
+    bytes_in: int
+
+
+@attrs.frozen
+class LogInfo:
+    log_id: bytes
+    public_key: PublicKey
+    mode: str
+    name: str | None
+    size: int  # entries stored (0 for a witness)
+    head_size: int | None
+    head_time: int | None
+    cosignatures: int
+    evidence: int
+    syncing: bool
+
+
+@attrs.frozen
+class EvidenceRecord:
+    id: str
+    kind: str
+    log_id: bytes
+    public_key: bytes
+    found_at: int
+    evidence: ev.Evidence
+
+
+# -- the engine ---------------------------------------------------------------------------------
+
+
+class Engine:
+    """One node's gossip logic (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: EngineConfig,
+        *,
+        key: PrivateKey | None,
+        rng: random.Random,
+        now: float,
+        verifier: Verifier | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.key = key
+        self.rng = rng
+        self.verifier = verifier if verifier is not None else Verifier()
+        self._logs: dict[bytes, _Log] = {}
+        self._peers: dict[int, _Peer] = {}
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._evidence: dict[str, EvidenceRecord] = {}
+        self._attention: set[bytes] = set()
+        self._next_anti_entropy = now + config.anti_entropy_interval * rng.uniform(0.5, 1.0)
+        self._now = now
+        self._own_id = key.public_key.log_id() if key is not None else None
+        self._witness_name = witness_name(key.public_key) if key is not None else None
+        self._load(now)
+
+    # -- start-up --------------------------------------------------------------------------
+
+    def _load(self, now: float) -> None:
+        for log_id in self.store.log_ids():
+            lg = self.store.log(log_id)
+            mode = "own" if lg.own else lg.mode
+            self._add_log(lg, mode, None)
+        for follow in self.config.follow:
+            log_id = follow.public_key.log_id()
+            if log_id == self._own_id:
+                continue
+            view = self._logs.get(log_id)
+            if view is None:
+                self._open(follow.public_key, follow.mode, follow.name)
+            else:
+                view.name = follow.name
+                if view.mode != follow.mode and view.mode != "own":
+                    view.store.set_mode(follow.mode)
+                    view.mode = follow.mode
+        for _name, raw in self.store.records(b"V"):
+            try:
+                record = _decode_evidence_record(raw)
+            except (DecodeError, TrustixError, ValueError, TypeError):
+                continue  # a damaged record: verify-on-load keeps only what still proves
+            self._evidence[record.id] = record
+            view = self._logs.get(record.log_id)
+            if view is not None:
+                view.evidence += 1
+
+    def _add_log(self, lg: LogStore, mode: str, name: str | None) -> _Log:
+        view = _Log(lg.log_id, lg.public_key, mode, name, lg)
+        note = lg.head()
+        signed: SignedCheckpoint | None = None
+        if note is not None:
+            try:
+                signed = self.verifier.checkpoint(note, lg.public_key)
+            except (DecodeError, VerificationError):
+                signed = None
+        stored = lg.checkpoint()
+        if signed is None or (
+            stored is not None and stored.checkpoint.size > signed.checkpoint.size
+        ):
+            signed = stored
+        if signed is not None:
+            view.head = signed
+            view.head_hash = _sha(signed.checkpoint.body())
+        self._logs[lg.log_id] = view
+        if mode == "mirror" and signed is not None and lg.size < signed.checkpoint.size:
+            self._attention.add(lg.log_id)
+        return view
+
+    def _open(self, public_key: PublicKey, mode: str, name: str | None) -> _Log:
+        lg = self.store.open_log(public_key, own=False)
+        lg.set_mode(mode)
+        return self._add_log(lg, mode, name)
+
+    # -- queries (for status, the CLI and simulations) ------------------------------------------
+
+    def logs(self) -> list[LogInfo]:
+        return [self._log_info(v) for v in self._logs.values()]
+
+    def _log_info(self, v: _Log) -> LogInfo:
+        head = v.head.checkpoint if v.head is not None else None
+        return LogInfo(
+            v.log_id,
+            v.public_key,
+            v.mode,
+            v.name,
+            0 if v.mode == "witness" else v.store.size,
+            None if head is None else head.size,
+            None if head is None else head.time,
+            len(v.cosigs),
+            v.evidence,
+            v.mode == "mirror" and head is not None and v.store.size < head.size,
+        )
+
+    def log_info(self, log_id: bytes) -> LogInfo | None:
+        v = self._logs.get(log_id)
+        return None if v is None else self._log_info(v)
+
+    def head_note(self, log_id: bytes) -> bytes | None:
+        """The head with the cosignatures gathered for it (what light clients are given)."""
+        v = self._logs.get(log_id)
+        if v is None or v.head is None:
+            return None
+        return self._head_note(v)
+
+    def peers(self) -> list[PeerInfo]:
+        return [
+            PeerInfo(
+                p.id, p.key, p.outbound, p.address, p.score, p.connected_at, p.messages, p.bytes_in
+            )
+            for p in self._peers.values()
+        ]
+
+    def evidence(self) -> list[EvidenceRecord]:
+        return sorted(self._evidence.values(), key=lambda r: (r.found_at, r.id))
+
+    def next_deadline(self) -> float:
+        deadline = self._next_anti_entropy
+        for log_id in self._attention:
+            view = self._logs[log_id]
+            if view.request is not None:
+                deadline = min(deadline, view.request.deadline)
+            elif view.refused:
+                deadline = min(deadline, min(view.refused.values()))
+        return deadline
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def peer_connected(
+        self, peer: int, key: bytes, *, outbound: bool, address: str, now: float
+    ) -> list[Action]:
+        self._now = now
+        c = self.config
+        self._peers[peer] = _Peer(
+            peer, key, outbound, address, now, c.peer_message_burst, c.peer_byte_burst, now
+        )
+        out: list[Action] = [Send(peer, m.Hello(tuple(c.advertise[:8])))]
+        out += self._heads_for(peer, want_reply=True)
+        out.append(Send(peer, m.GetPeers()))
+        return out
+
+    def peer_disconnected(self, peer: int, now: float) -> list[Action]:
+        self._now = now
+        self._peers.pop(peer, None)
+        for view in self._logs.values():
+            if view.request is not None and view.request.peer == peer:
+                view.request = None
+                self._attention.add(view.log_id)
+        return self._attend(now)
+
+    def local_checkpoint(self, signed: SignedCheckpoint, now: float) -> list[Action]:
+        """This node signed a checkpoint of its own log: push it to every peer, with the
+        consistency proof from the previous one."""
+        self._now = now
+        view = self._logs.get(signed.log_id)
+        if view is None:
+            view = self._add_log(self.store.log(signed.log_id), "own", None)
+        out: list[Action] = []
+        previous = view.head
+        if previous is not None and previous.checkpoint.body() == signed.checkpoint.body():
+            return out
+        proof: tuple[int, bytes, tuple[bytes, ...]] | None = None
+        size = signed.checkpoint.size
+        if previous is not None and 0 < previous.checkpoint.size < size <= view.store.size:
+            old = previous.checkpoint.size
+            proof = (old, view.store.root(old), tuple(view.store.consistency_proof(old, size)))
+        self._set_head(view, signed, None, out, proof)
+        return out
+
+    def tick(self, now: float) -> list[Action]:
+        self._now = now
+        out: list[Action] = []
+        for view in list(self._logs.values()):
+            request = view.request
+            if request is not None and request.deadline <= now:
+                view.request = None
+                self._attention.add(view.log_id)
+                self._penalise(request.peer, 5, f"no answer to a {request.kind} request", out)
+        if now >= self._next_anti_entropy:
+            interval = self.config.anti_entropy_interval
+            self._next_anti_entropy = now + interval * self.rng.uniform(0.9, 1.1)
+            if self._peers:
+                peer = self.rng.choice(sorted(self._peers))
+                out += self._heads_for(peer, want_reply=True)
+        out += self._attend(now)
+        return out
+
+    def message(self, peer: int, msg: wire.Message, size: int, now: float) -> list[Action]:
+        """A message from a connected peer (`size`: its encoded size, for the byte budget)."""
+        self._now = now
+        p = self._peers.get(peer)
+        if p is None:
+            return []
+        out: list[Action] = []
+        if not self._spend(p, size, now):
+            out.append(Disconnect(peer, "message or byte rate budget exceeded"))
+            self._peers.pop(peer, None)
+            return out
+        self._dispatch(p, msg, now, out)
+        out += self._attend(now)
+        return out
+
+    # -- budgets and scores ---------------------------------------------------------------------
+
+    def _spend(self, p: _Peer, size: int, now: float) -> bool:
+        c = self.config
+        elapsed = max(0.0, now - p.refilled)
+        p.refilled = now
+        p.msg_tokens = min(c.peer_message_burst, p.msg_tokens + elapsed * c.peer_message_rate)
+        p.byte_tokens = min(c.peer_byte_burst, p.byte_tokens + elapsed * c.peer_byte_rate)
+        p.msg_tokens -= 1
+        p.byte_tokens -= size
+        p.messages += 1
+        p.bytes_in += size
+        return p.msg_tokens >= 0 and p.byte_tokens >= 0
+
+    def _penalise(self, peer: int, amount: int, reason: str, out: list[Action]) -> None:
+        p = self._peers.get(peer)
+        if p is None:
+            return
+        p.score -= amount
+        if p.score <= self.config.ban_score:
+            self._peers.pop(peer, None)
+            out.append(Disconnect(peer, reason))
+
+    def _drop(self, peer: int, reason: str, out: list[Action]) -> None:
+        """A peer sent data that fails a check no honest node's data fails."""
+        if self._peers.pop(peer, None) is not None:
+            out.append(Disconnect(peer, reason))
+
+    def _reward(self, p: _Peer) -> None:
+        p.score = min(100, p.score + 1)
+
+    # -- dispatch ---------------------------------------------------------------------------------
+
+    def _dispatch(self, p: _Peer, msg: wire.Message, now: float, out: list[Action]) -> None:
+        match msg:
+            case m.Heads(heads, want_reply):
+                for head in heads:
+                    self._on_checkpoint(p, head.public_key, head.note, now, out, head)
+                    if p.id not in self._peers:
+                        return
+                if want_reply:
+                    out += self._heads_for(p.id, want_reply=False)
+            case m.Hello(addresses):
+                p.advertised = addresses
+            case m.GetPeers():
+                out.append(Send(p.id, m.Peers(self._peer_addresses(exclude=p.id))))
+            case m.Peers(addresses):
+                if addresses:
+                    out.append(LearnedPeers(p.id, addresses))
+            case m.GetConsistency():
+                out.append(Send(p.id, self._serve_consistency(msg)))
+            case m.Consistency():
+                self._on_consistency(p, msg, now, out)
+            case m.GetEntries():
+                out.append(Send(p.id, self._serve_entries(msg)))
+            case m.Entries():
+                self._on_entries(p, msg, now, out)
+            case m.NoData(log_id, _reason):
+                view = self._logs.get(log_id)
+                if view is not None and view.request is not None and view.request.peer == p.id:
+                    view.request = None
+                    view.refused[p.id] = now + self.config.retry_after
+                    self._attention.add(log_id)
+            case m.Cosigned():
+                self._on_cosigned(p, msg, now, out)
+            case ev.EvidenceMessage():
+                self._on_evidence(p, msg, now, out)
+            case wire.Ping(nonce):
+                out.append(Send(p.id, wire.Pong(nonce)))
+            case _:
+                pass  # Pong, Error: the shell's business
+
+    def _peer_addresses(self, exclude: int) -> tuple[str, ...]:
+        addresses: list[str] = []
+        for p in self._peers.values():
+            if p.id == exclude or not p.advertised:
+                continue
+            key = PublicKey(p.key).to_base64()
+            addresses += [f"{key}@{a}" for a in p.advertised[:2]]
+        self.rng.shuffle(addresses)
+        return tuple(addresses[: m.MAX_PEERS])
+
+    # -- heads ------------------------------------------------------------------------------------
+
+    def _head_note(self, view: _Log) -> bytes:
+        assert view.head is not None
+        note = plain_note(view.head)
+        if view.cosigs:
+            with contextlib.suppress(LocalProtocolError):  # too many: serve the plain note
+                note = add_cosignatures(
+                    SignedCheckpoint(view.head.checkpoint, note), view.cosigs.values()
+                )
+        return note
+
+    def _head_message(self, view: _Log) -> m.Head:
+        if view.head_proof is None:
+            return m.Head(view.public_key.raw, self._head_note(view), 0, None, ())
+        old, prefix_root, proof = view.head_proof
+        return m.Head(view.public_key.raw, self._head_note(view), old, prefix_root, proof)
+
+    def _heads_for(self, peer: int, *, want_reply: bool) -> list[Action]:
+        """Heads this peer is not known to have, in messages of at most MAX_HEADS."""
+        p = self._peers.get(peer)
+        if p is None:
+            return []
+        heads: list[m.Head] = []
+        for view in self._logs.values():
+            if view.head is None or view.evidence:
+                continue
+            told = p.told.get(view.log_id)
+            if told is not None and told[1] == view.head_hash:
+                continue
+            p.told[view.log_id] = (view.head.checkpoint.size, view.head_hash)
+            heads.append(self._head_message(view))
+        out: list[Action] = []
+        for i in range(0, len(heads), m.MAX_HEADS):
+            out.append(Send(peer, m.Heads(tuple(heads[i : i + m.MAX_HEADS]), False)))
+        if want_reply:
+            if out:
+                last = out[-1]
+                assert isinstance(last, Send) and isinstance(last.message, m.Heads)
+                out[-1] = Send(peer, m.Heads(last.message.heads, True))
+            else:
+                out.append(Send(peer, m.Heads((), True)))
+        return out
+
+    def _push(self, view: _Log, source: int | None, out: list[Action]) -> None:
+        """Send the head once to every peer not known to have it, never back to its source."""
+        if view.head is None or view.evidence:
+            return
+        head = self._head_message(view)
+        for p in self._peers.values():
+            if p.id == source:
+                continue
+            told = p.told.get(view.log_id)
+            if told is not None and told[1] == view.head_hash:
+                continue
+            p.told[view.log_id] = (view.head.checkpoint.size, view.head_hash)
+            out.append(Send(p.id, m.Heads((head,), False)))
+
+    def _view_for(self, public_key_raw: bytes) -> _Log | None:
+        log_id = _sha(public_key_raw)
+        view = self._logs.get(log_id)
+        if view is not None:
+            return view
+        mode = self.config.follow_unknown
+        if mode == "ignore" or len(self._logs) >= self.config.max_logs:
+            return None
+        try:
+            public_key = PublicKey(public_key_raw)
+        except (TrustixError, ValueError):
+            return None
+        return self._open(public_key, mode, None)
+
+    def _seen_before(self, digest: bytes) -> bool:
+        if digest in self._seen:
+            self._seen.move_to_end(digest)
+            return True
+        self._seen[digest] = None
+        if len(self._seen) > self.config.seen_notes:
+            self._seen.popitem(last=False)
+        return False
+
+    def _on_checkpoint(
+        self,
+        p: _Peer,
+        public_key_raw: bytes,
+        note: bytes,
+        now: float,
+        out: list[Action],
+        head: m.Head | None = None,
+    ) -> None:
+        digest = _sha(public_key_raw + note)
+        if self._seen_before(digest):
+            return  # a duplicate: no signature check, no store read
+        view = self._view_for(public_key_raw)
+        if view is None:
+            return
+        try:
+            signed = self.verifier.checkpoint(note, view.public_key)
+        except (DecodeError, VerificationError) as exc:
+            self._seen.pop(digest, None)
+            self._penalise(
+                p.id, 50, f"invalid checkpoint for log {view.log_id.hex()[:16]}: {exc}", out
+            )
+            return
+        body_hash = _sha(signed.checkpoint.body())
+        p.told[view.log_id] = (signed.checkpoint.size, body_hash)
+        view.refused.pop(p.id, None)
+        self._reward(p)
+        ours = view.head
+        if (
+            head is not None
+            and head.prefix_root is not None
+            and ours is not None
+            and view.mode != "own"
+            and head.prev_size == ours.checkpoint.size
+            and ours.checkpoint.size < signed.checkpoint.size
+        ):
+            # The sender proved the step from its previous head: if that is our head, the
+            # note is judged here and now.
+            try:
+                merkle.verify_consistency(
+                    head.prev_size,
+                    signed.checkpoint.size,
+                    head.proof,
+                    head.prefix_root,
+                    signed.checkpoint.root,
+                )
+            except VerificationError:
+                self._penalise(p.id, 50, "invalid consistency proof with a head", out)
+            else:
+                self._learn_prefix(
+                    view, signed, head.prev_size, head.prefix_root, head.proof, p.id, now, out
+                )
+                return
+        self._judge(view, signed, p.id, now, out)
+
+    # -- judging -----------------------------------------------------------------------------------
+
+    def _judge(
+        self, view: _Log, c: SignedCheckpoint, source: int | None, now: float, out: list[Action]
+    ) -> None:
+        """Accept, keep for later, or turn into evidence: checkpoint `c` of `view`'s log."""
+        head = view.head
+        cp = c.checkpoint
+        if head is None:
+            if view.mode == "own":
+                self._judge_own(view, c, out)
+                return
+            self._set_head(view, c, source, out)
+            return
+        h = head.checkpoint
+        if cp.body() == h.body():
+            return
+        if cp.size == h.size:
+            if cp.root != h.root:
+                self._record_split_view(view, head, c, source, out)
+            return  # the same tree signed at another time: nothing to learn
+        if view.mode == "own":
+            self._judge_own(view, c, out)
+            return
+        if cp.size == 0:
+            return  # the empty tree is a prefix of every tree
+        if view.mode == "mirror" and self._judge_locally(view, c, source, out):
+            return
+        self._keep(view, c, source)
+        if cp.size > h.size:
+            self._ask_consistency(view, h.size, cp.size, source, now, out)
+        else:
+            self._ask_consistency(view, cp.size, h.size, source, now, out)
+
+    def _judge_own(self, view: _Log, c: SignedCheckpoint, out: list[Action]) -> None:
+        """A checkpoint of this node's own log that it did not sign here (a stolen key, or an
+        old checkpoint): judged against the own stored tree, which holds every entry."""
+        lg = view.store
+        cp = c.checkpoint
+        if cp.size == 0 or view.head is None:
+            return
+        if cp.size > lg.size:
+            # Larger than anything signed here: only a stolen key signs that.  It proves
+            # nothing by itself; with a consistency proof it would (not asked for own logs).
+            return
+        root = lg.root(cp.size)
+        if root != cp.root:
+            newer = view.head
+            if newer.checkpoint.size == cp.size:
+                self._record_split_view(view, newer, c, None, out)
+            elif newer.checkpoint.size > cp.size:
+                proof = lg.consistency_proof(cp.size, newer.checkpoint.size)
+                self._record_inconsistent(view, c, newer, root, proof, None, out)
+
+    def _judge_locally(
+        self, view: _Log, c: SignedCheckpoint, source: int | None, out: list[Action]
+    ) -> bool:
+        """A mirror judges a checkpoint no larger than its stored, verified checkpoint from
+        its own entries.  True when judged."""
+        lg = view.store
+        stored = lg.checkpoint()
+        cp = c.checkpoint
+        if stored is None or cp.size > stored.checkpoint.size:
+            return False
+        root = lg.root(cp.size)
+        if root == cp.root:
+            return True
+        s = stored.checkpoint
+        if s.size == cp.size:
+            self._record_split_view(view, stored, c, source, out)
+        else:
+            proof = lg.consistency_proof(cp.size, s.size)
+            self._record_inconsistent(view, c, stored, root, proof, source, out)
+        return True
+
+    def _keep(self, view: _Log, c: SignedCheckpoint, source: int | None) -> None:
+        key = _sha(c.checkpoint.body())
+        if key in view.pending:
+            return
+        view.pending[key] = (c, source)
+        while len(view.pending) > self.config.max_pending_per_log:
+            view.pending.popitem(last=False)
+        self._attention.add(view.log_id)
+
+    def _set_head(
+        self,
+        view: _Log,
+        c: SignedCheckpoint,
+        source: int | None,
+        out: list[Action],
+        proof: tuple[int, bytes, tuple[bytes, ...]] | None = None,
+    ) -> None:
+        plain = SignedCheckpoint(c.checkpoint, plain_note(c))
+        view.head = plain
+        view.head_hash = _sha(c.checkpoint.body())
+        view.head_proof = proof
+        view.cosigs = {}
+        view.refused.clear()
+        if view.mode != "own":
+            view.store.set_head(plain.note)
+        out.append(Accepted(view.log_id, c.checkpoint.size, view.head_hash, source))
+        if view.mode == "mirror":
+            self._attention.add(view.log_id)
+        if view.mode != "own" and self.key is not None and self.config.cosign:
+            self._cosign(view, out)
+        self._push(view, source, out)
+
+    def _cosign(self, view: _Log, out: list[Action]) -> None:
+        assert view.head is not None and self.key is not None and self._witness_name is not None
+        if view.evidence:
+            return
+        c = cosign(view.head.checkpoint, self._witness_name, self.key, view.head.checkpoint.time)
+        view.cosigs[self.key.public_key.raw] = c
+        msg = m.Cosigned(
+            view.public_key.raw, view.head.note, self.key.public_key.raw, c.time, c.signature
+        )
+        out.extend(Send(p.id, msg) for p in self._peers.values())
+
+    # -- consistency ----------------------------------------------------------------------------
+
+    def _pick_peer(self, view: _Log, size: int, prefer: int | None) -> int | None:
+        """A connected peer likely to hold a tree of `size` for this log."""
+        now = self._now
+        refused = {peer for peer, until in view.refused.items() if until > now}
+        if prefer is not None and prefer in self._peers and prefer not in refused:
+            told = self._peers[prefer].told.get(view.log_id)
+            if told is not None and told[0] >= size:
+                return prefer
+        candidates = [
+            p.id
+            for p in self._peers.values()
+            if (t := p.told.get(view.log_id)) is not None
+            and t[0] >= size
+            and p.id not in refused
+            and p.score > -50
+        ]
+        if not candidates:
+            return None
+        return self.rng.choice(sorted(candidates))
+
+    def _ask_consistency(
+        self, view: _Log, old: int, new: int, prefer: int | None, now: float, out: list[Action]
+    ) -> None:
+        if view.request is not None or old >= new or old == 0:
+            return
+        peer = self._pick_peer(view, new, prefer)
+        if peer is None:
+            return
+        view.request = _Request(peer, "consistency", old, new, 0, now + self.config.request_timeout)
+        out.append(Send(peer, m.GetConsistency(view.log_id, old, new)))
+
+    def _serve_consistency(self, msg: m.GetConsistency) -> wire.Message:
+        view = self._logs.get(msg.log_id)
+        if view is None:
+            return m.NoData(msg.log_id, "this node does not follow that log")
+        lg = view.store
+        old, new = msg.old_size, msg.new_size
+        if (
+            view.head is not None
+            and view.head_proof is not None
+            and view.head_proof[0] == old
+            and view.head.checkpoint.size == new
+        ):
+            _, prefix_root, proof = view.head_proof
+            return m.Consistency(msg.log_id, old, prefix_root, view.head.note, proof)
+        if view.mode == "witness":
+            return m.NoData(msg.log_id, "this node only witnesses that log")
+        if not old < new <= lg.size:
+            return m.NoData(msg.log_id, "no tree of that size here")
+        note = self._note_of_size(view, new)
+        if note is None:
+            return m.NoData(msg.log_id, "no checkpoint of that size here")
+        path = tuple(lg.consistency_proof(old, new))
+        return m.Consistency(msg.log_id, old, lg.root(old), note, path)
+
+    def _note_of_size(self, view: _Log, size: int) -> bytes | None:
+        if view.head is not None and view.head.checkpoint.size == size:
+            return view.head.note
+        return view.store.checkpoint_of_size(size)
+
+    def _on_consistency(self, p: _Peer, msg: m.Consistency, now: float, out: list[Action]) -> None:
+        view = self._logs.get(msg.log_id)
+        request = view.request if view is not None else None
+        if (
+            view is None
+            or request is None
+            or request.peer != p.id
+            or request.kind != "consistency"
+            or request.old != msg.old_size
+        ):
+            self._penalise(p.id, 5, "unsolicited consistency proof", out)
+            return
+        view.request = None
+        self._attention.add(view.log_id)
+        try:
+            n = self.verifier.checkpoint(msg.note, view.public_key)
+        except (DecodeError, VerificationError) as exc:
+            self._drop(p.id, f"consistency reply with an invalid checkpoint: {exc}", out)
+            return
+        ncp = n.checkpoint
+        if ncp.size != request.new:
+            self._drop(p.id, "consistency reply for another size than asked", out)
+            return
+        try:
+            merkle.verify_consistency(msg.old_size, ncp.size, msg.proof, msg.prefix_root, ncp.root)
+        except VerificationError:
+            self._drop(p.id, f"invalid consistency proof for log {view.log_id.hex()[:16]}", out)
+            return
+        self._reward(p)
+        self._learn_prefix(view, n, msg.old_size, msg.prefix_root, tuple(msg.proof), p.id, now, out)
+
+    def _learn_prefix(
+        self,
+        view: _Log,
+        n: SignedCheckpoint,
+        old: int,
+        prefix_root: bytes,
+        proof: tuple[bytes, ...],
+        source: int,
+        now: float,
+        out: list[Action],
+    ) -> None:
+        """Signed checkpoint `n`'s tree has `prefix_root` at size `old` (proof verified)."""
+        # Every signed checkpoint of size `old` we hold with another root is now exposed.
+        known = [c for c, _ in view.pending.values() if c.checkpoint.size == old]
+        if view.head is not None and view.head.checkpoint.size == old:
+            known.append(view.head)
+        for c in known:
+            if c.checkpoint.root != prefix_root:
+                self._record_inconsistent(view, c, n, prefix_root, proof, source, out)
+                if view.evidence:
+                    break
+        for key in [k for k, (c, _) in view.pending.items() if c.checkpoint.size == old]:
+            del view.pending[key]
+        if view.evidence:
+            return
+        head = view.head
+        if (
+            head is not None
+            and head.checkpoint.size == old
+            and head.checkpoint.root == prefix_root
+            and n.checkpoint.size > old
+        ):
+            # `n` extends the head.
+            self._set_head(view, n, source, out, (old, prefix_root, proof))
+        elif head is not None and n.checkpoint.size == head.checkpoint.size:
+            if n.checkpoint.root != head.checkpoint.root:
+                self._record_split_view(view, head, n, source, out)
+        elif head is not None and n.checkpoint.size > head.checkpoint.size:
+            self._keep(view, n, source)
+        self._rejudge(view, now, out)
+
+    def _rejudge(self, view: _Log, now: float, out: list[Action]) -> None:
+        """Judge kept checkpoints again now that the head or the stored entries moved."""
+        if view.request is not None or view.evidence:
+            return
+        items = list(view.pending.items())
+        view.pending.clear()
+        for _key, (c, source) in items:
+            self._judge(view, c, source, now, out)
+            if view.evidence:
+                view.pending.clear()
+                return
+
+    # -- entries ----------------------------------------------------------------------------------
+
+    def _ask_entries(self, view: _Log, now: float, out: list[Action]) -> None:
+        head = view.head
+        lg = view.store
+        if view.request is not None or head is None or lg.size >= head.checkpoint.size:
+            return
+        target = head.checkpoint.size
+        peer = self._pick_peer(view, target, None)
+        if peer is None:
+            return
+        count = min(self.config.entries_per_request, target - lg.size, m.MAX_ENTRIES)
+        view.request = _Request(
+            peer, "entries", lg.size, target, count, now + self.config.request_timeout, head
+        )
+        out.append(Send(peer, m.GetEntries(view.log_id, lg.size, count, target)))
+
+    def _serve_entries(self, msg: m.GetEntries) -> wire.Message:
+        view = self._logs.get(msg.log_id)
+        if view is None or view.mode == "witness":
+            return m.NoData(msg.log_id, "this node does not mirror that log")
+        lg = view.store
+        target = msg.target_size
+        if not msg.start < target <= lg.size:
+            return m.NoData(msg.log_id, "no entries of that range here")
+        note = self._note_of_size(view, target)
+        if note is None:
+            return m.NoData(msg.log_id, "no checkpoint of that size here")
+        end = min(target, msg.start + msg.count)
+        leaves: list[bytes] = []
+        budget = self.config.max_reply_bytes
+        for _index, leaf in lg.leaves(msg.start, end):
+            budget -= len(leaf) + 5
+            if leaves and budget < 0:
+                break
+            leaves.append(leaf)
+        stop = msg.start + len(leaves)
+        proof = lg.consistency_proof(stop, target) if stop < target else []
+        return m.Entries(msg.log_id, msg.start, tuple(leaves), note, tuple(proof))
+
+    def _on_entries(self, p: _Peer, msg: m.Entries, now: float, out: list[Action]) -> None:
+        view = self._logs.get(msg.log_id)
+        request = view.request if view is not None else None
+        if (
+            view is None
+            or request is None
+            or request.peer != p.id
+            or request.kind != "entries"
+            or request.old != msg.start
+        ):
+            self._penalise(p.id, 5, "unsolicited entries", out)
+            return
+        view.request = None
+        self._attention.add(view.log_id)
+        lg = view.store
+        if msg.start != lg.size or len(msg.leaves) > request.count:
+            return  # stale (the store moved meanwhile): ask again
+        try:
+            n = self.verifier.checkpoint(msg.note, view.public_key)
+        except (DecodeError, VerificationError) as exc:
+            self._drop(p.id, f"entries with an invalid checkpoint: {exc}", out)
+            return
+        asked = request.target
+        assert asked is not None
+        if n.checkpoint.size != asked.checkpoint.size:
+            self._drop(p.id, "entries proven against another size than asked", out)
+            return
+        if n.checkpoint.root != asked.checkpoint.root:
+            # Another signed tree of the size asked for: a split view, whatever the entries say.
+            self._record_split_view(view, asked, n, p.id, out)
+            return
+        try:
+            records = [LeafRecord(leaf, decode_entry(leaf).out_path) for leaf in msg.leaves]
+        except DecodeError as exc:
+            self._drop(p.id, f"entries that are not valid log entries: {exc}", out)
+            return
+        target = n.checkpoint
+
+        def check(size: int, root: bytes) -> None:
+            if size == target.size:
+                if root != target.root:
+                    raise VerificationError("entries do not rebuild the checkpoint's root")
+            else:
+                merkle.verify_consistency(size, target.size, msg.proof, root, target.root)
+
+        stored = n if msg.start + len(records) == target.size else None
+        try:
+            lg.append(records, checkpoint=stored, check=check)
+        except VerificationError:
+            self._drop(
+                p.id,
+                f"entries that do not rebuild the checkpoint of log {view.log_id.hex()[:16]}",
+                out,
+            )
+            return
+        view.synced_entries += len(records)
+        self._reward(p)
+        out.append(Synced(view.log_id, len(records), lg.size, target.size))
+        self._rejudge(view, now, out)
+
+    # -- attention: requests that are due -------------------------------------------------------
+
+    def _attend(self, now: float) -> list[Action]:
+        out: list[Action] = []
+        for log_id in list(self._attention):
+            view = self._logs.get(log_id)
+            if view is None:
+                self._attention.discard(log_id)
+                continue
+            if view.request is not None:
+                continue
+            if view.pending and not view.evidence:
+                self._rejudge(view, now, out)
+            if view.request is None and view.mode == "mirror":
+                self._ask_entries(view, now, out)
+            syncing = (
+                view.mode == "mirror"
+                and view.head is not None
+                and view.store.size < view.head.checkpoint.size
+            )
+            if view.request is None and not view.pending and not syncing:
+                self._attention.discard(log_id)
+        return out
+
+    # -- cosignatures -----------------------------------------------------------------------------
+
+    def _on_cosigned(self, p: _Peer, msg: m.Cosigned, now: float, out: list[Action]) -> None:
+        digest = _sha(b"cosigned" + msg.witness_key + msg.note + msg.time.to_bytes(8, "big"))
+        if self._seen_before(digest):
+            return
+        self._on_checkpoint(p, msg.public_key, msg.note, now, out)
+        view = self._logs.get(_sha(msg.public_key))
+        if view is None or view.head is None or p.id not in self._peers:
+            return
+        try:
+            witness = PublicKey(msg.witness_key)
+            signed = self.verifier.checkpoint(msg.note, view.public_key)
+        except (DecodeError, VerificationError, TrustixError, ValueError):
+            return
+        if signed.checkpoint.body() != view.head.checkpoint.body():
+            return  # not (or no longer) the head: nothing to attach it to
+        name = witness_name(witness)
+        c = Cosignature(name, cosignature_key_id(name, witness), msg.time, msg.signature)
+        try:
+            verify_cosignature(signed.checkpoint, c, witness)
+        except VerificationError:
+            self._penalise(p.id, 50, "invalid cosignature", out)
+            return
+        if msg.witness_key in view.cosigs or len(view.cosigs) >= 32:
+            return
+        view.cosigs[msg.witness_key] = c
+        if view.mode != "own":
+            view.store.set_head(self._head_note(view))
+        out.extend(Send(q.id, msg) for q in self._peers.values() if q.id != p.id)
+
+    # -- evidence ---------------------------------------------------------------------------------
+
+    def _record_split_view(
+        self,
+        view: _Log,
+        a: SignedCheckpoint,
+        b: SignedCheckpoint,
+        source: int | None,
+        out: list[Action],
+    ) -> None:
+        try:
+            evidence = ev.split_view(view.public_key, plain_note(a), plain_note(b))
+        except VerificationError:
+            return
+        self._record(evidence, source, out)
+
+    def _record_inconsistent(
+        self,
+        view: _Log,
+        older: SignedCheckpoint,
+        newer: SignedCheckpoint,
+        prefix_root: bytes,
+        proof: Sequence[bytes],
+        source: int | None,
+        out: list[Action],
+    ) -> None:
+        try:
+            evidence = ev.inconsistent_history(
+                view.public_key, plain_note(older), plain_note(newer), prefix_root, list(proof)
+            )
+        except VerificationError:
+            return
+        self._record(evidence, source, out)
+
+    def _record(self, evidence: ev.Evidence, source: int | None, out: list[Action]) -> None:
+        ident = ev.evidence_id(evidence)
+        if ident in self._evidence:
+            return
+        log_id = evidence.public_key.log_id()
+        record = EvidenceRecord(
+            ident, evidence.kind, log_id, evidence.public_key.raw, int(self._now), evidence
+        )
+        self._evidence[ident] = record
+        self.store.put_record(b"V", bytes.fromhex(ident), _encode_evidence_record(record))
+        view = self._logs.get(log_id)
+        if view is not None:
+            view.evidence += 1
+            view.pending.clear()
+        out.append(EvidenceFound(ident, evidence.kind, log_id, source))
+        msg = ev.to_message(evidence)
+        out.extend(Send(p.id, msg) for p in self._peers.values() if p.id != source)
+
+    def _on_evidence(
+        self, p: _Peer, msg: ev.EvidenceMessage, now: float, out: list[Action]
+    ) -> None:
+        try:
+            evidence = ev.from_message(msg)
+            ident = self.verifier.evidence(evidence)
+        except (DecodeError, VerificationError) as exc:
+            self._drop(p.id, f"invalid evidence: {exc}", out)
+            return
+        if ident in self._evidence:
+            return
+        self._reward(p)
+        log_id = evidence.public_key.log_id()
+        if log_id not in self._logs and self.config.follow_unknown != "ignore":
+            self._view_for(evidence.public_key.raw)
+        self._record(evidence, p.id, out)
+
+
+# -- evidence records in the store --------------------------------------------------------------
+
+
+def _encode_evidence_record(record: EvidenceRecord) -> bytes:
+    msg = ev.to_message(record.evidence)
+    body: bytes = msgpack.packb(
+        [record.found_at, wire.REGISTRY.encode_body(msg)], use_bin_type=True
+    )
+    return body
+
+
+def _decode_evidence_record(raw: bytes) -> EvidenceRecord:
+    found_at, body = msgpack.unpackb(raw)
+    msg = wire.REGISTRY.decode_body(body)
+    if not isinstance(msg, ev.EvidenceMessage):
+        raise DecodeError("not an evidence record")
+    evidence = ev.from_message(msg)
+    ev.verify_evidence(evidence)
+    return EvidenceRecord(
+        ev.evidence_id(evidence),
+        evidence.kind,
+        evidence.public_key.log_id(),
+        evidence.public_key.raw,
+        int(found_at),
+        evidence,
+    )
+
+
+def heads_of(messages: Iterable[wire.Message]) -> Iterator[m.Head]:
+    """Every head the messages carry (tests and simulations)."""
+    for msg in messages:
+        if isinstance(msg, m.Heads):
+            yield from msg.heads
