@@ -19,13 +19,22 @@ import trustix_p2p
 from tests import factories as f
 from trustix_p2p import cli, configdoc
 from trustix_p2p import config as config_module
-from trustix_p2p.config import NodeConfig, default_config_path, field_annotation, load_node_config
+from trustix_p2p.config import (
+    FollowEntry,
+    MdnsSettings,
+    NodeConfig,
+    default_config_path,
+    field_annotation,
+    load_node_config,
+)
 from trustix_p2p.configfile import check_options, find_problems
 from trustix_p2p.errors import ConfigError
 from trustix_p2p.keyfile import write_key_file
 from trustix_p2p.options import (
     CHOICE,
+    FOLLOW,
     INTEGER,
+    MDNS,
     NUMBER,
     OPTIONS,
     OPTIONS_BY_NAME,
@@ -191,6 +200,8 @@ _WRONG: dict[str, list[object]] = {
     INTEGER: [True, 10.0, "1", [1]],
     CHOICE: [1, True, ["info"]],
     STRINGS: ["h:1", 1, {"a": "h:1"}, [1], ["h:1", True]],
+    FOLLOW: ["k", 1, {"public_key": "k"}, ["k"]],
+    MDNS: [True, "eth0", ["127.0.0.1"]],
 }
 
 
@@ -451,3 +462,43 @@ def test_the_example_file_loads_and_its_commented_defaults_are_the_defaults(
     for option in OPTIONS:
         if option.default is not None:
             assert re.search(f"^(# )?{option.name} = ", example, re.MULTILINE), option.name
+
+
+KEY_A = "ZgN4XXOrNLS3pGWzHRS8Po8ZJxCbchlnbUYJ5GnDCUk="
+
+
+def test_follow_tables_and_mdns_are_read_as_records(tmp_path: Path) -> None:
+    config = load_node_config(
+        write(
+            tmp_path,
+            'state_dir = "s"\nanti_entropy_interval = 2\nfollow_unknown = "mirror"\n'
+            f'[[follow]]\npublic_key = "{KEY_A}"\nname = "alice"\n'
+            '[mdns]\nenabled = true\ninterfaces = ["127.0.0.1"]\n',
+        )
+    )
+    assert config.follow == (FollowEntry(KEY_A, "alice", "mirror"),)
+    assert config.mdns == MdnsSettings(True, ("127.0.0.1",))
+    assert config.anti_entropy_interval == 2.0
+    assert config.follow_unknown == "mirror"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[[follow]]\nname = "x"\n', "needs public_key"),
+        ('[[follow]]\npublic_key = "abc"\n', "public_key is not valid base64"),
+        ('[[follow]]\npublic_key = "AAAA"\n', "3 bytes, not a 32-byte Ed25519 key"),
+        (f'[[follow]]\npublic_key = "{KEY_A}"\nmode = "all"\n', "mode must be one of"),
+        (f'[[follow]]\npublic_key = "{KEY_A}"\nkey = 1\n', "unknown key 'key'"),
+        (
+            f'[[follow]]\npublic_key = "{KEY_A}"\n[[follow]]\npublic_key = "{KEY_A}"\n',
+            "names the same public_key twice",
+        ),
+        ("[mdns]\nenabled = true\n", "enabled needs interfaces"),
+        ('[mdns]\nenabled = "yes"\n', "enabled must be true or false"),
+        ("[mdns]\nport = 5353\n", "unknown key 'port'"),
+    ],
+)
+def test_bad_follow_and_mdns_tables_are_explained(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_node_config(write(tmp_path, 'state_dir = "s"\n' + text))

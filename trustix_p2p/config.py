@@ -32,7 +32,20 @@ from trustix_p2p.configfile import (
 )
 from trustix_p2p.configfile import DEFAULT_CONFIG_PATH as _DEFAULT_CONFIG_FILE
 from trustix_p2p.errors import ConfigError, KeyFileError
-from trustix_p2p.options import CHOICE, INTEGER, NUMBER, OPTIONS, PATH, STRINGS, TRANSPORT, Option
+from trustix_p2p.options import (
+    CHOICE,
+    FOLLOW,
+    INTEGER,
+    MDNS,
+    NUMBER,
+    OPTIONS,
+    PATH,
+    STRINGS,
+    TRANSPORT,
+    FollowEntry,
+    MdnsSettings,
+    Option,
+)
 
 if TYPE_CHECKING:
     from trustix_p2p.transport.connection import TransportLimits
@@ -40,6 +53,8 @@ if TYPE_CHECKING:
 __all__ = [
     "CONFIG_ENV",
     "DEFAULT_CONFIG_PATH",
+    "FollowEntry",
+    "MdnsSettings",
     "NodeConfig",
     "config_file_problems",
     "config_from_dict",
@@ -56,6 +71,8 @@ _ANNOTATIONS = {
     INTEGER: "int",
     CHOICE: "str",
     STRINGS: "tuple[str, ...]",
+    FOLLOW: "tuple[FollowEntry, ...]",
+    MDNS: "MdnsSettings",
 }
 
 
@@ -93,6 +110,16 @@ if TYPE_CHECKING:
         spool_poll_interval: float = _DEFAULT
         listen: tuple[str, ...] = _DEFAULT
         seeds: tuple[str, ...] = _DEFAULT
+        advertise: tuple[str, ...] = _DEFAULT
+        peers_target: int = _DEFAULT
+        max_outbound: int = _DEFAULT
+        redial_interval: float = _DEFAULT
+        anti_entropy_interval: float = _DEFAULT
+        follow_unknown: str = _DEFAULT
+        follow: tuple[FollowEntry, ...] = _DEFAULT
+        max_logs: int = _DEFAULT
+        entries_per_request: int = _DEFAULT
+        mdns: MdnsSettings = _DEFAULT
         max_submit_batch: int = _DEFAULT
         log_level: str = _DEFAULT
         handshake_timeout: float = _DEFAULT
@@ -143,7 +170,11 @@ def address_problems(options: dict[str, Any]) -> Iterator[tuple[str, str]]:
     # the transport (attrs, nacl) on every build.
     from trustix_p2p.transport.address import parse_listen_address, parse_peer_address
 
-    for option, parse in (("listen", parse_listen_address), ("seeds", parse_peer_address)):
+    for option, parse in (
+        ("listen", parse_listen_address),
+        ("seeds", parse_peer_address),
+        ("advertise", parse_listen_address),
+    ):
         for text in options.get(option, ()):
             try:
                 parse(text)

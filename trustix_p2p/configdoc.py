@@ -14,7 +14,19 @@ import textwrap
 from collections.abc import Sequence
 
 from trustix_p2p.configfile import CONFIG_ENV, DEFAULT_CONFIG_PATH
-from trustix_p2p.options import CHOICE, INTEGER, NUMBER, OPTIONS, PATH, STRINGS, TRANSPORT, Option
+from trustix_p2p.options import (
+    CHOICE,
+    FOLLOW,
+    INTEGER,
+    MDNS,
+    NUMBER,
+    OPTIONS,
+    PATH,
+    STRINGS,
+    TRANSPORT,
+    MdnsSettings,
+    Option,
+)
 
 __all__ = ["REGENERATE", "example_toml", "main", "render", "toml_literal"]
 
@@ -38,6 +50,8 @@ _TYPE_NAMES = {
     INTEGER: "integer",
     CHOICE: "string",
     STRINGS: "array of strings",
+    FOLLOW: "array of tables",
+    MDNS: "table",
 }
 
 _INTRO = f"""\
@@ -73,6 +87,11 @@ def toml_literal(value: object) -> str:
         return json.dumps(value)
     if isinstance(value, int | float):
         return repr(value)
+    if isinstance(value, MdnsSettings):
+        return (
+            f"{{enabled = {toml_literal(value.enabled)}, "
+            f"interfaces = {toml_literal(value.interfaces)}}}"
+        )
     if isinstance(value, list | tuple):
         return "[" + ", ".join(toml_literal(item) for item in value) + "]"
     raise TypeError(f"no TOML literal for {value!r}")

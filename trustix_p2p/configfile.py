@@ -17,7 +17,16 @@ import os
 import tomllib
 
 from trustix_p2p.errors import ConfigError
-from trustix_p2p.options import NUMBER, OPTIONS, OPTIONS_BY_NAME, PATH, STRINGS
+from trustix_p2p.options import (
+    FOLLOW,
+    MDNS,
+    NUMBER,
+    OPTIONS,
+    OPTIONS_BY_NAME,
+    PATH,
+    STRINGS,
+    convert_table,
+)
 
 # Not `from typing import TYPE_CHECKING`, as in the hook's other modules: importing typing
 # costs milliseconds on every build.  (tomllib loads it today when a file is read; this module
@@ -92,6 +101,8 @@ def find_problems(
             values[name] = float(value)
         elif option.kind == STRINGS:
             values[name] = tuple(value)
+        elif option.kind in (FOLLOW, MDNS):
+            values[name] = convert_table(option, value)
         else:
             values[name] = value
     return values, problems

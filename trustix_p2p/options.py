@@ -13,9 +13,17 @@ An option's `why_invalid` says what is wrong with a TOML value in one phrase tha
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
+else:
+    from trustix_p2p.core.lean import NamedTuple
+
 __all__ = [
     "CHOICE",
+    "FOLLOW",
     "INTEGER",
+    "MDNS",
     "NODE",
     "NUMBER",
     "OPTIONS",
@@ -23,6 +31,8 @@ __all__ = [
     "PATH",
     "STRINGS",
     "TRANSPORT",
+    "FollowEntry",
+    "MdnsSettings",
     "Option",
     "toml_type_name",
 ]
@@ -35,6 +45,8 @@ NUMBER = "number"
 INTEGER = "integer"
 CHOICE = "choice"  # a string, one of `choices`
 STRINGS = "strings"  # an array of strings, at most `max_items`
+FOLLOW = "follow"  # an array of tables {public_key, name?, mode?}: `FollowEntry` values
+MDNS = "mdns"  # a table {enabled?, interfaces?}: an `MdnsSettings` value
 
 # Groups: TRANSPORT options are the fields of `transport.connection.TransportLimits`, by name.
 NODE = "node"
@@ -46,7 +58,95 @@ _EXPECTED = {
     INTEGER: "an integer",
     CHOICE: "a string",
     STRINGS: "an array of strings",
+    FOLLOW: "an array of tables",
+    MDNS: "a table",
 }
+
+FOLLOW_MODES = ("mirror", "witness")
+_FOLLOW_KEYS = ("public_key", "name", "mode")
+_MDNS_KEYS = ("enabled", "interfaces")
+
+
+class FollowEntry(NamedTuple):
+    """One `[[follow]]` table: a log this node follows, by its builder's key."""
+
+    public_key: str
+    name: str | None
+    mode: str
+
+
+class MdnsSettings(NamedTuple):
+    """The `[mdns]` table."""
+
+    enabled: bool
+    interfaces: tuple[str, ...]
+
+
+def _base64_key_problem(text: str) -> str | None:
+    import binascii
+
+    try:
+        raw = binascii.a2b_base64(text.encode("ascii"), strict_mode=True)
+    except (ValueError, UnicodeEncodeError):
+        return "is not valid base64"
+    return None if len(raw) == 32 else f"is {len(raw)} bytes, not a 32-byte Ed25519 key"
+
+
+def _follow_problem(value: object) -> str | None:
+    if not isinstance(value, list):
+        return None  # the caller reports the type
+    for i, item in enumerate(value, 1):
+        where = f"the {_ordinal(i)}"
+        if not isinstance(item, dict):
+            return f"wrong type: expected an array of tables, but {where} is {toml_type_name(item)}"
+        unknown = sorted(set(item) - set(_FOLLOW_KEYS))
+        if unknown:
+            return f"{where} has an unknown key {unknown[0]!r} (known: public_key, name, mode)"
+        key = item.get("public_key")
+        if not isinstance(key, str):
+            return f"{where} needs public_key, a base64 Ed25519 key"
+        problem = _base64_key_problem(key)
+        if problem is not None:
+            return f"{where}: public_key {problem}"
+        name = item.get("name")
+        if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 64):
+            return f"{where}: name must be a string of 1 to 64 characters"
+        mode = item.get("mode", "mirror")
+        if mode not in FOLLOW_MODES:
+            return f"{where}: mode must be one of mirror, witness, not {mode!r}"
+    keys = [item["public_key"] for item in value]
+    if len(set(keys)) != len(keys):
+        return "names the same public_key twice"
+    return None
+
+
+def _mdns_problem(value: object) -> str | None:
+    if not isinstance(value, dict):
+        return None
+    unknown = sorted(set(value) - set(_MDNS_KEYS))
+    if unknown:
+        return f"unknown key {unknown[0]!r} (known: enabled, interfaces)"
+    enabled = value.get("enabled", False)
+    if not isinstance(enabled, bool):
+        return f"enabled must be true or false, not {toml_type_name(enabled)}"
+    interfaces = value.get("interfaces", [])
+    if not isinstance(interfaces, list) or not all(isinstance(x, str) for x in interfaces):
+        return "interfaces must be an array of interface addresses (strings)"
+    if len(interfaces) > 64:
+        return "interfaces must hold at most 64 addresses"
+    if enabled and not interfaces:
+        return "enabled needs interfaces: the addresses of the interfaces mDNS may use"
+    return None
+
+
+def convert_table(option: Option, value: Any) -> object:
+    """A valid FOLLOW or MDNS value as its record (`FollowEntry`s, `MdnsSettings`)."""
+    if option.kind == FOLLOW:
+        return tuple(
+            FollowEntry(item["public_key"], item.get("name"), item.get("mode", "mirror"))
+            for item in value
+        )
+    return MdnsSettings(value.get("enabled", False), tuple(value.get("interfaces", ())))
 
 
 class Option:
@@ -125,6 +225,14 @@ class Option:
             if not low <= value <= high:  # also refuses nan
                 return f"must be between {self.bounds_text()}, not {value!r}"
             return None
+        if kind == FOLLOW:
+            if not isinstance(value, list):
+                return self._wrong_type(value)
+            return _follow_problem(value)
+        if kind == MDNS:
+            if not isinstance(value, dict):
+                return self._wrong_type(value)
+            return _mdns_problem(value)
         if kind == STRINGS:
             if not isinstance(value, list):
                 return self._wrong_type(value)
@@ -237,6 +345,87 @@ OPTIONS: tuple[Option, ...] = (
         "peer addresses `[<base64 pubkey>@]host:port`; a key pins the peer",
         default=(),
         max_items=1024,
+    ),
+    Option(
+        "advertise",
+        STRINGS,
+        "addresses `host:port` peers may dial this node at, told to them for peer exchange",
+        default=(),
+        max_items=8,
+    ),
+    Option(
+        "peers_target",
+        INTEGER,
+        "outbound connections the node keeps (it dials seeds and learned peers until it has them)",
+        default=8,
+        minimum=0,
+        maximum=1024,
+        unit="connections",
+    ),
+    Option(
+        "max_outbound",
+        INTEGER,
+        "most outbound peer connections at once",
+        default=32,
+        minimum=0,
+        maximum=4096,
+        unit="connections",
+    ),
+    Option(
+        "redial_interval",
+        NUMBER,
+        "first wait before dialling a failed peer again; doubles per failure, up to 64 times",
+        default=1.0,
+        minimum=0.01,
+        maximum=3600,
+        unit="seconds",
+    ),
+    # --- Gossip ----------------------------------------------------------------------------
+    Option(
+        "anti_entropy_interval",
+        NUMBER,
+        "seconds between exchanges of every log's latest checkpoint with a random peer",
+        default=5.0,
+        minimum=0.01,
+        maximum=86400,
+        unit="seconds",
+    ),
+    Option(
+        "follow_unknown",
+        CHOICE,
+        "logs heard of but not in `[[follow]]`: mirror them, witness them, or ignore them",
+        default="witness",
+        choices=("mirror", "witness", "ignore"),
+    ),
+    Option(
+        "follow",
+        FOLLOW,
+        "`[[follow]]` tables: `public_key` (base64), optional `name`, `mode` = mirror or witness",
+        default=(),
+    ),
+    Option(
+        "max_logs",
+        INTEGER,
+        "most logs the node follows (listed and heard of together)",
+        default=10_000,
+        minimum=1,
+        maximum=1_000_000,
+        unit="logs",
+    ),
+    Option(
+        "entries_per_request",
+        INTEGER,
+        "entries asked for at once while mirroring a log",
+        default=1024,
+        minimum=1,
+        maximum=4096,
+        unit="entries",
+    ),
+    Option(
+        "mdns",
+        MDNS,
+        "`[mdns]`: `enabled` (default false) and `interfaces`, the addresses it binds to",
+        default=MdnsSettings(False, ()),
     ),
     Option(
         "max_submit_batch",
