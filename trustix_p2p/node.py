@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import signal
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -44,7 +45,7 @@ from trustix_p2p.control import protocol
 from trustix_p2p.control.server import ControlLimits, serve_control
 from trustix_p2p.core.checkpoint import SignedCheckpoint
 from trustix_p2p.core.entry import decode_entry
-from trustix_p2p.core.keys import PrivateKey
+from trustix_p2p.core.keys import PrivateKey, PublicKey
 from trustix_p2p.errors import (
     ConfigError,
     DecodeError,
@@ -65,8 +66,10 @@ from trustix_p2p.events import (
     Subscriber,
 )
 from trustix_p2p.executor import Executor, ThreadExecutor
+from trustix_p2p.gossip import engine as eng
 from trustix_p2p.keyfile import load_key_file
 from trustix_p2p.ownlog import OwnLog
+from trustix_p2p.peering import Peering
 from trustix_p2p.spool import (
     SpoolFileUnusable,
     SpoolFileVanished,
@@ -77,7 +80,7 @@ from trustix_p2p.spool import (
 )
 from trustix_p2p.statedir import prepare_directories
 from trustix_p2p.storage import LeafRecord, LogStore, Store
-from trustix_p2p.transport import Connection, answer_pings, connect, ping, serve_noise
+from trustix_p2p.transport import Connection, connect, ping, serve_noise
 from trustix_p2p.transport.network import TCP, Network
 
 log = logging.getLogger("trustix_p2p.node")
@@ -132,6 +135,8 @@ class Node:
     _spool_skipped: set[tuple[str, int, int]] = attrs.field(init=False, factory=set)
     spool_ingested: int = attrs.field(init=False, default=0)
     spool_scans: int = attrs.field(init=False, default=0)
+    engine: eng.Engine = attrs.field(init=False)
+    peering: Peering = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._send, self._recv = trio.open_memory_channel[_Pending](1024)
@@ -139,6 +144,30 @@ class Node:
             self.name = self.key.public_key.to_base64()[:8] if self.key is not None else "relay"
         # Every line names the node: a process (or a simulation) may run many.
         self.log = _NodeLog(log, {"node": self.name})
+        self.engine = eng.Engine(
+            self.store,
+            self.engine_config(),
+            key=self.key,
+            rng=random.Random(self.random_bytes(16)),
+            now=self.clock(),
+        )
+        self.peering = Peering(self, self.engine)
+
+    def engine_config(self, advertise: tuple[str, ...] = ()) -> eng.EngineConfig:
+        """The gossip engine's configuration, from the node's."""
+        c = self.config
+        follow = tuple(
+            eng.Follow(PublicKey.from_base64(f.public_key), f.mode, f.name) for f in c.follow
+        )
+        return eng.EngineConfig(
+            follow=follow,
+            follow_unknown=c.follow_unknown,
+            anti_entropy_interval=c.anti_entropy_interval,
+            max_logs=c.max_logs,
+            entries_per_request=c.entries_per_request,
+            advertise=c.advertise or advertise,
+            max_reply_bytes=min(1 << 20, c.max_message_size // 2),
+        )
 
     def emit(self, event_type: type[NodeEvent], **fields: object) -> None:
         """Hand an event to the subscriber, if there is one (see trustix_p2p.events)."""
@@ -171,6 +200,16 @@ class Node:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+
+    def notify(self) -> None:
+        """Wake `wait_until` callers: the node's state changed."""
+        self._notify()
+
+    def emit_connection(self, peer: str, direction: str, *, opened: bool, reason: str = "") -> None:
+        if opened:
+            self.emit(ConnectionOpened, peer=peer, direction=direction)
+        else:
+            self.emit(ConnectionClosed, peer=peer, direction=direction, reason=reason)
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Wait until `predicate()` holds; it is re-checked whenever the node's state changes
@@ -299,6 +338,7 @@ class Node:
             self.emit(
                 CheckpointSigned, size=signed.checkpoint.size, root=signed.checkpoint.root.hex()
             )
+            await self.peering.call(self.engine.local_checkpoint, signed, self.clock())
             self._notify()
         return signed
 
@@ -443,10 +483,6 @@ class Node:
 
     # -- peers -----------------------------------------------------------------------------
 
-    async def _serve_peer(self, connection: Connection) -> None:
-        """An accepted peer connection: answer pings (gossip comes with the gossip engine)."""
-        await self._peer_session(connection, "in", answer_pings)
-
     async def _peer_session(
         self,
         connection: Connection,
@@ -538,7 +574,7 @@ class Node:
                             ),
                             list(self.config.listen),
                             self.key,
-                            self._serve_peer,
+                            self.peering.serve,
                         )
                     except OSError as exc:
                         raise ConfigError(
@@ -546,6 +582,10 @@ class Node:
                             f"{exc.strerror or exc}"
                         ) from exc
                     self.listening = tuple(bound)
+                    concrete = tuple(a for a in bound if not a.startswith(("0.0.0.0:", "[::]:")))
+                    self.engine.config = self.engine_config(concrete)
+                if self.key is not None:
+                    await nursery.start(self.peering.run)
                 # Last: once the control socket answers, everything it reports is running.
                 if self.serve_control_socket:
                     await nursery.start(

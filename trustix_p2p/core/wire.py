@@ -894,7 +894,7 @@ class MessageReader:
     reader is unusable (the stream has lost its framing).
     """
 
-    __slots__ = ("_frames", "_registry")
+    __slots__ = ("_frames", "_registry", "last_size")
 
     def __init__(
         self,
@@ -904,6 +904,8 @@ class MessageReader:
     ) -> None:
         self._registry = registry
         self._frames = FrameReader(max_message_size, "message")
+        #: The framed size (length prefix included) of the message returned last.
+        self.last_size = 0
 
     def buffered(self) -> int:
         return self._frames.buffered()
@@ -924,6 +926,7 @@ class MessageReader:
         body = self._frames.next_frame()
         if body is None:
             return None
+        self.last_size = LENGTH_PREFIX_SIZE + len(body)
         try:
             return self._registry.decode_body(body)
         except DecodeError:
