@@ -25,7 +25,7 @@ from trustix_p2p.program import exit_status
 _COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "trustix_p2p.commands.keys": ("keygen", "pubkey"),
     "trustix_p2p.commands.log": ("log",),
-    "trustix_p2p.commands.node": ("node", "status", "checkpoint", "lookup"),
+    "trustix_p2p.commands.node": ("node", "status", "checkpoint", "lookup", "peers"),
     "trustix_p2p.commands.demo": ("demo",),
     "trustix_p2p.commands.net": ("ping",),
     "trustix_p2p.commands.nix": ("nar-hash", "nix-hook", "submit"),

@@ -43,6 +43,7 @@ import trio
 from trustix_p2p.config import NodeConfig
 from trustix_p2p.control import protocol
 from trustix_p2p.control.server import ControlLimits, serve_control
+from trustix_p2p.core import evidence as ev
 from trustix_p2p.core.checkpoint import SignedCheckpoint
 from trustix_p2p.core.entry import decode_entry
 from trustix_p2p.core.keys import PrivateKey, PublicKey
@@ -438,7 +439,13 @@ class Node:
 
     # -- control socket --------------------------------------------------------------------
 
-    def status(self) -> protocol.Status:
+    def status(
+        self, peers: int = 0, syncing: dict[bytes, tuple[float, float]] | None = None
+    ) -> protocol.Status:
+        """The node's status (a store call: run it through the executor).  `peers` and
+        `syncing` (entries per second and seconds left, per log) come from the peering,
+        which lives in the event loop's thread."""
+        syncing = syncing or {}
         own = self.own_log
         cp = own.checkpoint() if own is not None else None
         try:
@@ -458,7 +465,46 @@ class Node:
             spool_pending=spooled,
             logs=logs,
             listen=self.listening or tuple(self.config.listen),
+            peers=peers,
+            follows=tuple(self._followed(info, syncing) for info in self.engine.logs()),
+            evidence=len(self.engine.evidence()),
         )
+
+    def _followed(
+        self, info: eng.LogInfo, syncing: dict[bytes, tuple[float, float]]
+    ) -> protocol.FollowedLog:
+        sync = syncing.get(info.log_id) if info.syncing else None
+        rate = eta = None
+        if sync is not None:
+            rate = int(sync[0])
+            eta = int(sync[1]) if sync[1] != math.inf else None
+        return protocol.FollowedLog(
+            info.log_id,
+            info.public_key.raw,
+            info.name,
+            info.mode,
+            info.size,
+            info.head_size,
+            info.head_time,
+            info.cosignatures,
+            info.evidence,
+            rate,
+            eta,
+        )
+
+    def evidence_rows(self) -> list[protocol.EvidenceRow]:
+        return [
+            protocol.EvidenceRow(r.id, r.kind, r.log_id, r.public_key, r.found_at)
+            for r in self.engine.evidence()
+        ]
+
+    def evidence_document(self, prefix: str) -> str:
+        """The evidence document whose id starts with `prefix` (ConfigError unless one)."""
+        matches = [r for r in self.engine.evidence() if r.id.startswith(prefix.lower())]
+        if len(matches) != 1:
+            what = "no evidence" if not matches else f"{len(matches)} pieces of evidence"
+            raise ConfigError(f"{what} with an id starting {prefix!r} on this node")
+        return ev.to_json(matches[0].evidence)
 
     def lookup(self, out_path: str) -> list[protocol.LookupHit]:
         hits: list[protocol.LookupHit] = []
@@ -531,13 +577,25 @@ class Node:
                 case protocol.Submit(leaves):
                     reply = protocol.SubmitReply(tuple(await self.submit(leaves)))
                 case protocol.StatusRequest():
-                    reply = protocol.StatusReply(await self.executor.run(self.status))
+                    status = await self.executor.run(
+                        self.status, self.peering.connected_count(), self.peering.sync_rates()
+                    )
+                    reply = protocol.StatusReply(status)
                 case protocol.CheckpointRequest(log_id):
                     note = await self.executor.run(self._checkpoint_note, log_id)
                     reply = protocol.CheckpointReply(note)
                 case protocol.LookupRequest(out_path):
                     hits = await self.executor.run(self.lookup, out_path)
                     reply = protocol.LookupReply(tuple(hits))
+                case protocol.PeersRequest():
+                    rows = await self.peering.peer_rows()
+                    reply = protocol.PeersReply(tuple(protocol.PeerRow(**r) for r in rows))
+                case protocol.EvidenceListRequest():
+                    items = await self.executor.run(self.evidence_rows)
+                    reply = protocol.EvidenceListReply(tuple(items))
+                case protocol.EvidenceRequest(ident):
+                    document = await self.executor.run(self.evidence_document, ident)
+                    reply = protocol.EvidenceReply(document)
                 case _:
                     raise AssertionError(f"unhandled request {request!r}")
         except NodeUnavailableError as exc:

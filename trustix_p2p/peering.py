@@ -22,7 +22,6 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable
-from functools import partial
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
@@ -122,8 +121,11 @@ class Peering:
     _nursery: trio.Nursery | None = attrs.field(init=False, default=None)
     # Drop reasons by peer key (base64), newest last, bounded.
     dropped: dict[str, str] = attrs.field(init=False, factory=dict)
-    _progress: dict[bytes, tuple[float, int]] = attrs.field(init=False, factory=dict)
+    # Per log being synced: (when it started, size then, size now, target).
+    _progress: dict[bytes, tuple[float, int, int, int]] = attrs.field(init=False, factory=dict)
     _last_progress_log: float = attrs.field(init=False, default=-math.inf)
+    # The engine's next deadline, as of its last call (unix seconds).
+    _deadline: float = attrs.field(init=False, default=-math.inf)
 
     # -- start ------------------------------------------------------------------------------
 
@@ -182,8 +184,14 @@ class Peering:
 
     async def call(self, fn: Callable[..., list[eng.Action]], *args: Any, **kw: Any) -> None:
         """Run one engine event (through the executor) and carry out its actions."""
+        engine = self.engine
+
+        def step() -> tuple[list[eng.Action], float]:
+            # The engine runs in the executor's thread: its next deadline is read there too.
+            return fn(*args, **kw), engine.next_deadline()
+
         try:
-            actions = await self.node.executor.run(partial(fn, *args, **kw))
+            actions, self._deadline = await self.node.executor.run(step)
         except TrustixError as exc:
             # A store that cannot be written, say: that event is lost for the engine, which
             # asks again (anti-entropy, request timeouts); the node stays up.
@@ -227,7 +235,8 @@ class Peering:
 
     def _sync_progress(self, log_id: bytes, count: int, size: int, target: int) -> None:
         now = trio.current_time()
-        started, base = self._progress.setdefault(log_id, (now, size - count))
+        started, base, _, _ = self._progress.get(log_id, (now, size - count, 0, 0))
+        self._progress[log_id] = (started, base, size, target)
         if size >= target:
             self._progress.pop(log_id, None)
         if size >= target and size - base > 10_000:
@@ -248,17 +257,14 @@ class Peering:
                 eta,
             )
 
-    def sync_state(self, log_id: bytes) -> tuple[float, float] | None:
-        """(entries per second, seconds left) of a sync under way, for status."""
-        progress = self._progress.get(log_id)
-        info = self.engine.log_info(log_id)
-        if progress is None or info is None or info.head_size is None:
-            return None
-        started, base = progress
-        elapsed = max(trio.current_time() - started, 1e-9)
-        rate = (info.size - base) / elapsed
-        left = (info.head_size - info.size) / rate if rate > 0 else math.inf
-        return rate, left
+    def sync_rates(self) -> dict[bytes, tuple[float, float]]:
+        """Per log being synced: (entries per second, seconds left), for status."""
+        now = trio.current_time()
+        rates: dict[bytes, tuple[float, float]] = {}
+        for log_id, (started, base, size, target) in self._progress.items():
+            rate = (size - base) / max(now - started, 1e-9)
+            rates[log_id] = (rate, (target - size) / rate if rate > 0 else math.inf)
+        return rates
 
     def _learn(self, addresses: tuple[str, ...]) -> None:
         added = False
@@ -412,7 +418,7 @@ class Peering:
 
     async def _timer(self) -> None:
         while True:
-            wait = self.engine.next_deadline() - self.node.clock()
+            wait = self._deadline - self.node.clock()
             if wait > 0:
                 with trio.move_on_after(min(wait, 1.0)):
                     await self._wake_timer.wait()
@@ -421,6 +427,9 @@ class Peering:
             await trio.sleep(0)
 
     # -- dialling ---------------------------------------------------------------------------------
+
+    def connected_count(self) -> int:
+        return len(self._conns)
 
     def outbound_count(self) -> int:
         return sum(1 for c in self._conns.values() if c.outbound) + len(self._dialing)
@@ -516,9 +525,11 @@ class Peering:
 
     # -- queries -------------------------------------------------------------------------------
 
-    def peer_rows(self) -> list[dict[str, Any]]:
+    async def peer_rows(self) -> list[dict[str, Any]]:
         """Connected peers and known addresses, for `trustix-p2p peers`."""
-        scores = {p.id: p.score for p in self.engine.peers()}
+        # The engine is read through the executor, like every engine call.
+        peers = await self.node.executor.run(self.engine.peers)
+        scores = {p.id: p.score for p in peers}
         rows: list[dict[str, Any]] = []
         seen: set[str] = set()
         for conn in self._conns.values():

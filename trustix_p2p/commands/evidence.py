@@ -10,15 +10,20 @@ builder's public key, which the document itself names.  Its exit status is the v
   and the line, as it would from `cmp` or `grep`;
 - 2 and one line on stderr (the CLI's usual `TrustixError` path): the file cannot be read.
 
-The group is built so that more subcommands (`list`, `show`) are one `add_parser` each in
-`register`.
+`evidence list [--json]` and `evidence show ID` ask a running node (over its control socket,
+like `status`) for the evidence it holds: the list as a table or a JSON array of
+`{"id", "kind", "log_id", "public_key", "found_at"}`, one document as DESIGN §4 fixes it.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import sys
+import time
 
+from trustix_p2p.commands.common import add_socket_args, socket_path
 from trustix_p2p.core.evidence import (
     MAX_DOCUMENT_SIZE,
     describe_evidence,
@@ -66,6 +71,43 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list(args: argparse.Namespace) -> int:
+    from trustix_p2p.control.client import ControlClient
+
+    with ControlClient(socket_path(args), args.timeout) as client:
+        rows = client.evidence_list()
+    items = [
+        {
+            "id": r.id,
+            "kind": r.kind,
+            "log_id": r.log_id.hex(),
+            "public_key": base64.b64encode(r.public_key).decode(),
+            "found_at": r.found_at,
+        }
+        for r in rows
+    ]
+    if args.json:
+        print(json.dumps(items))
+        return 0
+    if not items:
+        print("no evidence")
+        return 0
+    print(f"{'id':<16}  {'kind':<20}  {'found':<20}  log")
+    for item in items:
+        found = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(str(item["found_at"]))))
+        print(f"{str(item['id'])[:16]:<16}  {item['kind']:<20}  {found:<20}  {item['log_id']}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from trustix_p2p.control.client import ControlClient
+
+    with ControlClient(socket_path(args), args.timeout) as client:
+        document = client.evidence(args.id)
+    sys.stdout.write(document)
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     group = subparsers.add_parser(
         "evidence",
@@ -84,3 +126,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     verify.add_argument("file", metavar="FILE", help="evidence JSON document, or - for stdin")
     verify.set_defaults(func=_verify)
+
+    listing = commands.add_parser("list", help="the evidence a running node holds")
+    listing.add_argument("--json", action="store_true", help="one JSON array")
+    add_socket_args(listing)
+    listing.set_defaults(func=_list)
+
+    show = commands.add_parser("show", help="one evidence document a running node holds")
+    show.add_argument("id", metavar="ID", help="the evidence id (or a unique prefix of it)")
+    add_socket_args(show)
+    show.set_defaults(func=_show)

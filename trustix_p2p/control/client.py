@@ -113,6 +113,28 @@ class ControlClient:
         assert isinstance(reply, protocol.LookupReply)
         return list(reply.hits)
 
+    def peers(self) -> list[protocol.PeerRow]:
+        from trustix_p2p.control import protocol
+
+        reply = self.call(protocol.PeersRequest())
+        assert isinstance(reply, protocol.PeersReply)
+        return list(reply.peers)
+
+    def evidence_list(self) -> list[protocol.EvidenceRow]:
+        from trustix_p2p.control import protocol
+
+        reply = self.call(protocol.EvidenceListRequest())
+        assert isinstance(reply, protocol.EvidenceListReply)
+        return list(reply.items)
+
+    def evidence(self, ident: str) -> str:
+        """The evidence document (JSON) whose id starts with `ident`."""
+        from trustix_p2p.control import protocol
+
+        reply = self.call(protocol.EvidenceRequest(ident))
+        assert isinstance(reply, protocol.EvidenceReply)
+        return reply.document
+
 
 def submit_leaves(
     socket_path: str | os.PathLike[str], leaves: Sequence[bytes], timeout: float = 10.0

@@ -8,6 +8,9 @@ Requests:  ["submit", [leaf bytes, ...]]   -> ["ok", [index, ...]]
            ["status"]                      -> ["ok", [Status fields...]]
            ["checkpoint", log_id | nil]    -> ["ok", note bytes | nil]
            ["lookup", out_path]            -> ["ok", [[LookupHit fields...], ...]]
+           ["peers"]                       -> ["ok", [[PeerRow fields...], ...]]
+           ["evidence-list"]               -> ["ok", [[EvidenceRow fields...], ...]]
+           ["evidence", id or id prefix]   -> ["ok", evidence document (JSON text)]
 Any request can instead be answered ["error", message] (refused: do not retry as is) or
 ["unavailable", message] (the node cannot take it now, e.g. after a failed write: retry later,
 or spool).
@@ -53,6 +56,10 @@ MAX_LISTEN: Final = 64
 MAX_ADDRESS: Final = 300
 # An inclusion proof in a log of at most 2**63 leaves has at most 63 hashes.
 MAX_PROOF: Final = 64
+MAX_FOLLOWED: Final = 1_000_000
+MAX_PEER_ROWS: Final = 4096
+MAX_EVIDENCE_ROWS: Final = 100_000
+MAX_DOCUMENT: Final = 1 << 20
 
 __all__ = [
     "MAX_FRAME",
@@ -61,10 +68,19 @@ __all__ = [
     "REQUESTS",
     "CheckpointReply",
     "CheckpointRequest",
+    "EvidenceListReply",
+    "EvidenceListRequest",
+    "EvidenceReply",
+    "EvidenceRequest",
+    "EvidenceRow",
+    "FollowedLog",
     "LookupHit",
     "LookupReply",
     "LookupRequest",
     "OkReply",
+    "PeerRow",
+    "PeersReply",
+    "PeersRequest",
     "Refused",
     "Reply",
     "Request",
@@ -112,7 +128,32 @@ class LookupRequest:
     out_path: str = wire.field(wire.Text(max_len=MAX_LOOKUP_PATH))
 
 
-Request = Submit | StatusRequest | CheckpointRequest | LookupRequest
+@attrs.frozen
+class PeersRequest:
+    """Ask for the node's peers and known addresses."""
+
+
+@attrs.frozen
+class EvidenceListRequest:
+    """Ask for the evidence the node holds."""
+
+
+@attrs.frozen
+class EvidenceRequest:
+    """Ask for one evidence document, by its id or a unique prefix of it."""
+
+    id: str = wire.field(wire.Text(max_len=64, min_len=1))
+
+
+Request = (
+    Submit
+    | StatusRequest
+    | CheckpointRequest
+    | LookupRequest
+    | PeersRequest
+    | EvidenceListRequest
+    | EvidenceRequest
+)
 
 # The request table: the tag each request's array starts with.
 REQUESTS: Final = wire.Tagged(
@@ -121,11 +162,35 @@ REQUESTS: Final = wire.Tagged(
         "status": StatusRequest,
         "checkpoint": CheckpointRequest,
         "lookup": LookupRequest,
+        "peers": PeersRequest,
+        "evidence-list": EvidenceListRequest,
+        "evidence": EvidenceRequest,
     }
 )
 
 
 # -- replies --------------------------------------------------------------------------------
+
+
+_INT32: Final = wire.Integer(-(2**31), 2**31 - 1)
+
+
+@attrs.frozen
+class FollowedLog:
+    """One log the node follows: how, how far, and what it knows of it."""
+
+    log_id: bytes = wire.field(_KEY)
+    public_key: bytes = wire.field(_KEY)
+    name: str | None = wire.field(wire.Nullable(wire.Text(max_len=64)))
+    mode: str = wire.field(wire.Text(max_len=16))  # own, mirror, witness
+    size: int = wire.field(_UINT63)  # entries stored
+    head_size: int | None = wire.field(wire.Nullable(_UINT63))
+    head_time: int | None = wire.field(wire.Nullable(_UINT63))
+    cosignatures: int = wire.field(_UINT63)
+    evidence: int = wire.field(_UINT63)
+    # While a mirror syncs: entries per second and seconds left (None otherwise).
+    sync_rate: int | None = wire.field(wire.Nullable(_UINT63))
+    sync_eta: int | None = wire.field(wire.Nullable(_UINT63))
 
 
 @attrs.frozen
@@ -142,6 +207,30 @@ class Status:
     listen: tuple[str, ...] = wire.field(
         wire.ListOf(wire.Text(max_len=MAX_ADDRESS), MAX_LISTEN), converter=tuple
     )
+    peers: int = wire.field(_UINT63, default=0)
+    follows: tuple[FollowedLog, ...] = wire.field(
+        wire.ListOf(wire.Struct(FollowedLog), MAX_FOLLOWED), converter=tuple, default=()
+    )
+    evidence: int = wire.field(_UINT63, default=0)
+
+
+@attrs.frozen
+class PeerRow:
+    address: str = wire.field(wire.Text(max_len=MAX_ADDRESS + 60))
+    key: str = wire.field(wire.Text(max_len=64))
+    direction: str = wire.field(wire.Text(max_len=8))
+    state: str = wire.field(wire.Text(max_len=16))
+    score: int = wire.field(_INT32)
+    last_reason: str = wire.field(wire.Text(max_len=MAX_MESSAGE))
+
+
+@attrs.frozen
+class EvidenceRow:
+    id: str = wire.field(wire.Text(max_len=64))
+    kind: str = wire.field(wire.Text(max_len=32))
+    log_id: bytes = wire.field(_KEY)
+    public_key: bytes = wire.field(_KEY)
+    found_at: int = wire.field(_UINT63)
 
 
 @attrs.frozen
@@ -186,6 +275,25 @@ class LookupReply:
     )
 
 
+@attrs.frozen
+class PeersReply:
+    peers: tuple[PeerRow, ...] = wire.field(
+        wire.ListOf(wire.Struct(PeerRow), MAX_PEER_ROWS), converter=tuple
+    )
+
+
+@attrs.frozen
+class EvidenceListReply:
+    items: tuple[EvidenceRow, ...] = wire.field(
+        wire.ListOf(wire.Struct(EvidenceRow), MAX_EVIDENCE_ROWS), converter=tuple
+    )
+
+
+@attrs.frozen
+class EvidenceReply:
+    document: str = wire.field(wire.Text(max_len=MAX_DOCUMENT))
+
+
 def _clip(message: str) -> str:
     return message[:MAX_MESSAGE]
 
@@ -204,7 +312,15 @@ class Unavailable:
     message: str = wire.field(wire.Text(max_len=MAX_MESSAGE), converter=_clip)
 
 
-OkReply = SubmitReply | StatusReply | CheckpointReply | LookupReply
+OkReply = (
+    SubmitReply
+    | StatusReply
+    | CheckpointReply
+    | LookupReply
+    | PeersReply
+    | EvidenceListReply
+    | EvidenceReply
+)
 Reply = OkReply | Refused | Unavailable
 
 _OK_REPLY: Final[dict[type[Request], type[OkReply]]] = {
@@ -212,6 +328,9 @@ _OK_REPLY: Final[dict[type[Request], type[OkReply]]] = {
     StatusRequest: StatusReply,
     CheckpointRequest: CheckpointReply,
     LookupRequest: LookupReply,
+    PeersRequest: PeersReply,
+    EvidenceListRequest: EvidenceListReply,
+    EvidenceRequest: EvidenceReply,
 }
 # Per request class, the table of its replies.
 _REPLIES: Final[dict[type[Request], wire.Tagged]] = {
