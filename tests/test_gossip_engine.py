@@ -51,13 +51,14 @@ def test_the_same_seed_gives_the_same_trace() -> None:
     assert traces[0]
 
 
-def equivocation(seed: int, rewrite: bool) -> tuple[EventNetwork, bytes]:
+def equivocation(seed: int, rewrite: bool, honest_count: int = 20) -> tuple[EventNetwork, bytes]:
     net = EventNetwork(seed)
     key_seed = bytes(range(32))
     a = net.add_node(CONFIG, builder=True, seed=key_seed).index
     b = net.add_node(CONFIG, builder=True, seed=key_seed).index
-    honest = [net.add_node(CONFIG).index for _ in range(20)]
-    left, right = honest[:10], honest[10:]
+    honest = [net.add_node(CONFIG).index for _ in range(honest_count)]
+    half = honest_count // 2
+    left, right = honest[:half], honest[half:]
     net.random_regular(3, left)
     net.random_regular(3, right)
     for h in left[:3]:
@@ -90,3 +91,11 @@ def test_a_rewritten_history_is_exposed_at_every_honest_engine() -> None:
     for node in net.nodes[2:]:
         records = [r for r in node.engine.evidence() if r.log_id == log_id]
         assert records, node.index
+
+
+def test_fifty_engines_expose_a_split_view_identically_for_the_same_seed() -> None:
+    runs = [equivocation(11, rewrite=False, honest_count=50) for _ in range(2)]
+    for net, log_id in runs:
+        for node in net.nodes[2:]:
+            assert any(r.log_id == log_id for r in node.engine.evidence()), node.index
+    assert runs[0][0].trace == runs[1][0].trace

@@ -280,11 +280,15 @@ class Peering:
         if added:
             self._wake_dialer.set()
 
-    def _disconnect(self, conn: _Conn, reason: str, *, ban: bool = False) -> None:
-        name = PublicKey(conn.key).to_base64()
+    def _record_drop(self, name: str, reason: str) -> None:
+        self.dropped.pop(name, None)
         self.dropped[name] = reason
         while len(self.dropped) > 256:
             self.dropped.pop(next(iter(self.dropped)))
+
+    def _disconnect(self, conn: _Conn, reason: str, *, ban: bool = False) -> None:
+        name = PublicKey(conn.key).to_base64()
+        self._record_drop(name, reason)
         if conn.record is not None:
             conn.record.last_reason = reason
         if ban:
@@ -353,6 +357,8 @@ class Peering:
                         await self._read(conn)
                     except CONNECTION_ERRORS as exc:
                         reason[0] = str(exc) or type(exc).__name__
+                        # Malformed or oversized data, a broken stream: kept for `peers`.
+                        self._record_drop(peer_name, reason[0])
                     nursery.cancel_scope.cancel()
         finally:
             self._conns.pop(peer_id, None)

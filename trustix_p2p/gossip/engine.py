@@ -727,9 +727,8 @@ class Engine:
             signed = self.verifier.checkpoint(note, view.public_key)
         except (DecodeError, VerificationError) as exc:
             self._seen.pop(digest, None)
-            self._penalise(
-                p.id, 50, f"invalid checkpoint for log {view.log_id.hex()[:16]}: {exc}", out
-            )
+            # Honest peers forward only what verified: this one is lying or broken.
+            self._drop(p.id, f"invalid checkpoint for log {view.log_id.hex()[:16]}: {exc}", out)
             return
         body_hash = _sha(signed.checkpoint.body())
         p.told[view.log_id] = (signed.checkpoint.size, body_hash)
@@ -755,7 +754,8 @@ class Engine:
                     signed.checkpoint.root,
                 )
             except VerificationError:
-                self._penalise(p.id, 50, "invalid consistency proof with a head", out)
+                self._drop(p.id, "invalid consistency proof with a head", out)
+                return
             else:
                 self._learn_prefix(
                     view, signed, head.prev_size, head.prefix_root, head.proof, p.id, now, out
@@ -1173,7 +1173,7 @@ class Engine:
         try:
             verify_cosignature(signed.checkpoint, c, witness)
         except VerificationError:
-            self._penalise(p.id, 50, "invalid cosignature", out)
+            self._drop(p.id, "invalid cosignature", out)
             return
         if msg.witness_key in view.cosigs or len(view.cosigs) >= 32:
             return
