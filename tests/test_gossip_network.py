@@ -267,3 +267,39 @@ def test_equivocation_is_exposed_at_every_honest_node(
                 base64.b64decode(json.loads(shown.stdout)["public_key"]) == builder.public_key.raw
             )
     assert os.path.exists(h1.directory / "node.log")
+
+
+def test_nodes_in_separate_network_namespaces_find_each_other_by_mdns(tmp_path: Path) -> None:
+    from tests.netns import bridge_namespaces, netns_available
+
+    if not netns_available():
+        pytest.skip("needs root, `ip` and permission to create network namespaces")
+    builder = f.key("mdns builder")
+    other = f.key("mdns mirror")
+    with bridge_namespaces(2) as (ns_a, ns_b):
+        procs = []
+        for ns, key, name in ((ns_a, builder, "a"), (ns_b, other, "b")):
+            proc = Proc(name, tmp_path / name, key, 7946, [])
+            proc.extra = f'[mdns]\nenabled = true\ninterfaces = ["{ns.address}"]\n'
+            procs.append(proc)
+        a, b = procs
+        with processes(a, b):
+            for ns, p in ((ns_a, a), (ns_b, b)):
+                config = p.write_config()
+                text = config.read_text().replace("127.0.0.1:7946", f"{ns.address}:7946")
+                config.write_text(text)
+                log = open(p.directory / "node.log", "ab")  # noqa: SIM115
+                p.popen = subprocess.Popen(
+                    ns.command(
+                        [sys.executable, "-m", "trustix_p2p", "node", "--config", str(config)]
+                    ),
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
+                    cwd=Path(__file__).resolve().parents[1],
+                )
+                log.close()
+            wait_for("both control sockets", lambda: a.sock.exists() and b.sock.exists(), procs)
+            submit_leaves(a.sock, [f.leaf(i) for i in range(20)])
+            wait_for("A's log at B, found by mDNS", lambda: size_at(b, a.log_id) == 20, procs)
+            peers = {p["key"] for p in b.status()["peers"]}
+            assert builder.public_key.to_base64() in peers

@@ -490,6 +490,8 @@ class Node:
             info.evidence,
             rate,
             eta,
+            info.head_from,
+            info.head_receipts,
         )
 
     def evidence_rows(self) -> list[protocol.EvidenceRow]:

@@ -415,8 +415,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "entries_per_request",
         INTEGER,
-        "entries asked for at once while mirroring a log",
-        default=1024,
+        "entries asked for at once while mirroring a log (two such ranges are in flight)",
+        default=4096,
         minimum=1,
         maximum=4096,
         unit="entries",

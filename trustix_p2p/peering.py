@@ -22,6 +22,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
@@ -506,7 +507,9 @@ class Peering:
         value = msgpack.packb([record.key or "", record.last_connected], use_bin_type=True)
         name = record.address.encode()
         try:
-            await self.node.executor.run(self.node.store.put_record, b"R", name, value)
+            await self.node.executor.run(
+                partial(self.node.store.put_record, b"R", name, value, durable=False)
+            )
         except TrustixError as exc:
             self.node.log.warning("cannot remember peer %s: %s", record.address, exc)
 

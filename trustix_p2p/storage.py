@@ -219,6 +219,8 @@ class Store:
         self.broken: StoreWriteError | None = None
         self.db = self._open()
         self._logs: dict[bytes, LogStore] = {}
+        # The largest local log number in use, once read (new logs count up from it).
+        self._max_num: int | None = None
 
     @classmethod
     def in_memory(cls, database: MemoryDatabase | None = None, *, create: bool = True) -> Store:
@@ -308,6 +310,7 @@ class Store:
         """
         self.db.close()
         self.db = self._open()  # on failure: closed, still broken; try again later
+        self._max_num = None
         for log in self._logs.values():
             log.reset()
         self.broken = None
@@ -355,9 +358,9 @@ class Store:
         value: bytes | None = self.db.get(kind + name)
         return value
 
-    def put_record(self, kind: bytes, name: bytes, value: bytes) -> None:
+    def put_record(self, kind: bytes, name: bytes, value: bytes, *, durable: bool = True) -> None:
         self._check_kind(kind)
-        wb = self.db.write_batch()
+        wb = self.db.write_batch(durable=durable)
         wb.put(kind + name, value)
         self.write(wb)
 
@@ -391,22 +394,31 @@ class Store:
         self._logs[log_id] = log
         return log
 
-    def open_log(self, public_key: PublicKey, *, own: bool) -> LogStore:
-        """The log of `public_key`, created empty if new.  Checks it against its checkpoint."""
+    def open_log(self, public_key: PublicKey, *, own: bool, mode: str | None = None) -> LogStore:
+        """The log of `public_key`, created empty if new (following it in `mode`, see
+        `LogStore.mode`).  Checks it against its checkpoint."""
         log_id = public_key.log_id()
-        if not self.has_log(log_id):
-            nums = [_U32.unpack(v)[0] for _, v in self.db.items(b"I", b"J")]
-            num = _U32.pack(max(nums, default=0) + 1)
+        created = not self.has_log(log_id)
+        if created:
+            if self._max_num is None:
+                nums = [_U32.unpack(v)[0] for _, v in self.db.items(b"I", b"J")]
+                self._max_num = max(nums, default=0)
+            num = _U32.pack(self._max_num + 1)
             meta = msgpack.packb([log_id, public_key.raw, own], use_bin_type=True)
-            wb = self.db.write_batch()
+            # A followed log can be learned again; only the own log must be durable at once.
+            wb = self.db.write_batch(durable=own)
             wb.put(b"I" + log_id, num)
             wb.put(b"A" + num, meta)
             wb.put(b"N" + num, _U64.pack(0))
+            if mode is not None:
+                wb.put(b"F" + num, mode.encode())
             self.write(wb)
+            self._max_num += 1
         log = self.log(log_id)
         if own and not log.own:
             raise StoreError(f"log {log_id.hex()} is stored as a mirrored log, not this node's own")
-        log.check_against_checkpoint()
+        if not created:  # a log made just now holds nothing to check
+            log.check_against_checkpoint()
         return log
 
 
@@ -610,8 +622,10 @@ class LogStore:
         return note
 
     def set_head(self, note: bytes) -> None:
-        """Remember the gossip head (the caller verified it; it is one key, O(1) per log)."""
-        wb = self.db.write_batch()
+        """Remember the gossip head (the caller verified it; it is one key, O(1) per log).
+
+        Not fsynced: a head lost in a crash is learned again from peers."""
+        wb = self.db.write_batch(durable=False)
         wb.put(b"H" + self.num, note)
         self.store.write(wb)
 
@@ -624,7 +638,7 @@ class LogStore:
     def set_mode(self, mode: str) -> None:
         if mode not in ("mirror", "witness"):
             raise LocalProtocolError(f"unknown follow mode {mode!r}")
-        wb = self.db.write_batch()
+        wb = self.db.write_batch(durable=False)
         wb.put(b"F" + self.num, mode.encode())
         self.store.write(wb)
 

@@ -63,6 +63,8 @@ def _followed(f: protocol.FollowedLog, now: float) -> dict[str, object]:
         "checkpoint_age": None if f.head_time is None else max(0, int(now) - f.head_time),
         "cosignatures": f.cosignatures,
         "evidence": f.evidence,
+        "head_from": None if f.head_from is None else _b64(f.head_from),
+        "head_receipts": f.head_receipts,
         "sync": None
         if f.sync_rate is None
         else {"entries_per_second": f.sync_rate, "seconds_left": f.sync_eta},

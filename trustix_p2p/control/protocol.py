@@ -191,6 +191,9 @@ class FollowedLog:
     # While a mirror syncs: entries per second and seconds left (None otherwise).
     sync_rate: int | None = wire.field(wire.Nullable(_UINT63))
     sync_eta: int | None = wire.field(wire.Nullable(_UINT63))
+    # The peer the latest checkpoint came from first, and how often it was received.
+    head_from: bytes | None = wire.field(wire.Nullable(_KEY), default=None)
+    head_receipts: int = wire.field(_UINT63, default=0)
 
 
 @attrs.frozen

@@ -62,6 +62,9 @@ KEY_ID_SIZE = 4
 _EM_DASH_PREFIX = "\u2014 "
 # Signed notes "MUST NOT contain any ASCII control characters ... other than newline".
 _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f]")
+# In an ASCII key name: any control character, the space, or "+" (str.isspace() is true in
+# ASCII exactly for \t \n \v \f \r, \x1c-\x1f and the space, all inside \x00-\x20).
+_ASCII_BAD_NAME = re.compile(r"[\x00-\x20+]")
 
 
 @attrs.frozen
@@ -85,7 +88,12 @@ def validate_key_name(name: str) -> str:
     """Key names are non-empty and contain no Unicode space, no `+` and no control character."""
     if not name:
         raise DecodeError("note key name is empty")
-    if "+" in name or any(ch.isspace() for ch in name) or _CONTROL.search(name):
+    if name.isascii():
+        # The common case, in one regex: ASCII spaces and controls are \x00-\x20.
+        bad = _ASCII_BAD_NAME.search(name) is not None
+    else:
+        bad = "+" in name or any(ch.isspace() for ch in name) or _CONTROL.search(name) is not None
+    if bad:
         raise DecodeError(f"note key name {name[:80]!r} contains a space, '+' or control char")
     return name
 

@@ -108,7 +108,7 @@ class EngineConfig:
     request_timeout: float = 10.0
     retry_after: float = 2.0
     max_logs: int = 10_000
-    entries_per_request: int = 1024
+    entries_per_request: int = 4096
     max_reply_bytes: int = 1 << 20
     max_pending_per_log: int = 16
     seen_notes: int = 1 << 16
@@ -218,12 +218,18 @@ class Verifier:
         return ident
 
 
+# Every signature line of a signed note starts so (C2SP signed-note: an em dash, a space).
+_SIGNATURE_LINE: Final = "\n\u2014 ".encode()
+
+
 def _sha(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
 def plain_note(signed: SignedCheckpoint) -> bytes:
     """The note with only the log's own signature line (cosignature lines dropped)."""
+    if signed.note.count(_SIGNATURE_LINE) == 1:
+        return signed.note  # one signature line: the log's own (it verified)
     note = parse_note(signed.note)
     own = tuple(s for s in note.signatures if s.key_name == signed.checkpoint.origin)
     if len(own) == len(note.signatures):
@@ -264,6 +270,9 @@ class _Log:
         factory=OrderedDict
     )
     request: _Request | None = None
+    # While mirroring: the range after `request`, asked of the same peer (a pipeline of two,
+    # so the responder reads the next range while this node verifies and stores one).
+    next_request: _Request | None = None
     # Peers that answered NoData, until when they are not asked again (or until the head
     # moves, or they tell us a new head: a mirror that was syncing may have the data then).
     refused: dict[int, float] = attrs.field(factory=dict)
@@ -272,6 +281,11 @@ class _Log:
     head_proof: tuple[int, bytes, tuple[bytes, ...]] | None = None
     evidence: int = 0
     synced_entries: int = 0
+    # How the head arrived: the key of the peer it came from first (None: signed here or
+    # loaded), and how many times it was received since (the first time included).
+    head_from: bytes | None = None
+    head_receipts: int = 0
+    head_digests: set[bytes] = attrs.field(factory=set)
 
 
 @attrs.define(eq=False)
@@ -317,6 +331,8 @@ class LogInfo:
     cosignatures: int
     evidence: int
     syncing: bool
+    head_from: bytes | None = None
+    head_receipts: int = 0
 
 
 @attrs.frozen
@@ -357,6 +373,10 @@ class Engine:
         self._attention: set[bytes] = set()
         self._next_anti_entropy = now + config.anti_entropy_interval * rng.uniform(0.5, 1.0)
         self._now = now
+        # The digest of the head message being judged (so a new head counts its receipts).
+        self._arriving = b""
+        # Heads pushed during the event being handled, per peer (sent batched at its end).
+        self._pushes: dict[int, list[m.Head]] = {}
         self._own_id = key.public_key.log_id() if key is not None else None
         self._witness_name = witness_name(key.public_key) if key is not None else None
         self._load(now)
@@ -413,8 +433,9 @@ class Engine:
         return view
 
     def _open(self, public_key: PublicKey, mode: str, name: str | None) -> _Log:
-        lg = self.store.open_log(public_key, own=False)
-        lg.set_mode(mode)
+        lg = self.store.open_log(public_key, own=False, mode=mode)
+        if lg.mode != mode:
+            lg.set_mode(mode)
         return self._add_log(lg, mode, name)
 
     # -- queries (for status, the CLI and simulations) ------------------------------------------
@@ -435,6 +456,8 @@ class Engine:
             len(v.cosigs),
             v.evidence,
             v.mode == "mirror" and head is not None and v.store.size < head.size,
+            v.head_from,
+            v.head_receipts,
         )
 
     def log_info(self, log_id: bytes) -> LogInfo | None:
@@ -484,14 +507,24 @@ class Engine:
         out.append(Send(peer, m.GetPeers()))
         return out
 
+    def _finish(self, out: list[Action]) -> list[Action]:
+        """The actions of one event, with the heads pushed during it batched per peer."""
+        pushes = self._pushes
+        if pushes:
+            self._pushes = {}
+            for peer, heads in pushes.items():
+                for i in range(0, len(heads), m.MAX_HEADS):
+                    out.append(Send(peer, m.Heads(tuple(heads[i : i + m.MAX_HEADS]), False)))
+        return out
+
     def peer_disconnected(self, peer: int, now: float) -> list[Action]:
         self._now = now
         self._peers.pop(peer, None)
         for view in self._logs.values():
             if view.request is not None and view.request.peer == peer:
-                view.request = None
+                view.request = view.next_request = None
                 self._attention.add(view.log_id)
-        return self._attend(now)
+        return self._finish(self._attend(now))
 
     def local_checkpoint(self, signed: SignedCheckpoint, now: float) -> list[Action]:
         """This node signed a checkpoint of its own log: push it to every peer, with the
@@ -510,15 +543,16 @@ class Engine:
             old = previous.checkpoint.size
             proof = (old, view.store.root(old), tuple(view.store.consistency_proof(old, size)))
         self._set_head(view, signed, None, out, proof)
-        return out
+        return self._finish(out)
 
     def tick(self, now: float) -> list[Action]:
         self._now = now
         out: list[Action] = []
-        for view in list(self._logs.values()):
+        for log_id in sorted(self._attention):  # requests are only ever made for these
+            view = self._logs[log_id]
             request = view.request
             if request is not None and request.deadline <= now:
-                view.request = None
+                view.request = view.next_request = None
                 self._attention.add(view.log_id)
                 self._penalise(request.peer, 5, f"no answer to a {request.kind} request", out)
         if now >= self._next_anti_entropy:
@@ -528,11 +562,12 @@ class Engine:
                 peer = self.rng.choice(sorted(self._peers))
                 out += self._heads_for(peer, want_reply=True)
         out += self._attend(now)
-        return out
+        return self._finish(out)
 
     def message(self, peer: int, msg: wire.Message, size: int, now: float) -> list[Action]:
         """A message from a connected peer (`size`: its encoded size, for the byte budget)."""
         self._now = now
+        self._arriving = b""
         p = self._peers.get(peer)
         if p is None:
             return []
@@ -543,7 +578,7 @@ class Engine:
             return out
         self._dispatch(p, msg, now, out)
         out += self._attend(now)
-        return out
+        return self._finish(out)
 
     # -- budgets and scores ---------------------------------------------------------------------
 
@@ -605,7 +640,7 @@ class Engine:
             case m.NoData(log_id, _reason):
                 view = self._logs.get(log_id)
                 if view is not None and view.request is not None and view.request.peer == p.id:
-                    view.request = None
+                    view.request = view.next_request = None
                     view.refused[p.id] = now + self.config.retry_after
                     self._attention.add(log_id)
             case m.Cosigned():
@@ -683,7 +718,7 @@ class Engine:
             if told is not None and told[1] == view.head_hash:
                 continue
             p.told[view.log_id] = (view.head.checkpoint.size, view.head_hash)
-            out.append(Send(p.id, m.Heads((head,), False)))
+            self._pushes.setdefault(p.id, []).append(head)
 
     def _view_for(self, public_key_raw: bytes) -> _Log | None:
         log_id = _sha(public_key_raw)
@@ -719,6 +754,9 @@ class Engine:
     ) -> None:
         digest = _sha(public_key_raw + note)
         if self._seen_before(digest):
+            known = self._logs.get(_sha(public_key_raw))
+            if known is not None and digest in known.head_digests:
+                known.head_receipts += 1
             return  # a duplicate: no signature check, no store read
         view = self._view_for(public_key_raw)
         if view is None:
@@ -734,6 +772,11 @@ class Engine:
         p.told[view.log_id] = (signed.checkpoint.size, body_hash)
         view.refused.pop(p.id, None)
         self._reward(p)
+        if body_hash == view.head_hash:
+            view.head_digests.add(digest)
+            view.head_receipts += 1
+            return
+        self._arriving = digest
         ours = view.head
         if (
             head is not None
@@ -861,6 +904,10 @@ class Engine:
         view.head_proof = proof
         view.cosigs = {}
         view.refused.clear()
+        peer = self._peers.get(source) if source is not None else None
+        view.head_from = peer.key if peer is not None else None
+        view.head_receipts = 1 if peer is not None else 0
+        view.head_digests = {self._arriving} if peer is not None and self._arriving else set()
         if view.mode != "own":
             view.store.set_head(plain.note)
         out.append(Accepted(view.log_id, c.checkpoint.size, view.head_hash, source))
@@ -1032,17 +1079,28 @@ class Engine:
     def _ask_entries(self, view: _Log, now: float, out: list[Action]) -> None:
         head = view.head
         lg = view.store
-        if view.request is not None or head is None or lg.size >= head.checkpoint.size:
+        if head is None or lg.size >= head.checkpoint.size:
             return
         target = head.checkpoint.size
-        peer = self._pick_peer(view, target, None)
-        if peer is None:
+        first = view.request
+        if first is None:
+            peer = self._pick_peer(view, target, None)
+            if peer is None:
+                return
+            count = min(self.config.entries_per_request, target - lg.size, m.MAX_ENTRIES)
+            first = view.request = _Request(
+                peer, "entries", lg.size, target, count, now + self.config.request_timeout, head
+            )
+            out.append(Send(peer, m.GetEntries(view.log_id, lg.size, count, target)))
+        if first.kind != "entries" or first.new != target or view.next_request is not None:
             return
-        count = min(self.config.entries_per_request, target - lg.size, m.MAX_ENTRIES)
-        view.request = _Request(
-            peer, "entries", lg.size, target, count, now + self.config.request_timeout, head
-        )
-        out.append(Send(peer, m.GetEntries(view.log_id, lg.size, count, target)))
+        start = first.old + first.count
+        if start < target:
+            count = min(self.config.entries_per_request, target - start, m.MAX_ENTRIES)
+            view.next_request = _Request(
+                first.peer, "entries", start, target, count, first.deadline, head
+            )
+            out.append(Send(first.peer, m.GetEntries(view.log_id, start, count, target)))
 
     def _serve_entries(self, msg: m.GetEntries) -> wire.Message:
         view = self._logs.get(msg.log_id)
@@ -1079,11 +1137,14 @@ class Engine:
         ):
             self._penalise(p.id, 5, "unsolicited entries", out)
             return
-        view.request = None
+        view.request, view.next_request = view.next_request, None
         self._attention.add(view.log_id)
         lg = view.store
         if msg.start != lg.size or len(msg.leaves) > request.count:
-            return  # stale (the store moved meanwhile): ask again
+            # Stale (the store moved meanwhile, or the range before it came back short):
+            # drop the rest of the pipeline and ask again.
+            view.request = view.next_request = None
+            return
         try:
             n = self.verifier.checkpoint(msg.note, view.public_key)
         except (DecodeError, VerificationError) as exc:
@@ -1131,12 +1192,16 @@ class Engine:
 
     def _attend(self, now: float) -> list[Action]:
         out: list[Action] = []
-        for log_id in list(self._attention):
+        # Sorted: a set of bytes iterates in an order that changes with the process's hash
+        # seed, and a run must replay the same in every process.
+        for log_id in sorted(self._attention):
             view = self._logs.get(log_id)
             if view is None:
                 self._attention.discard(log_id)
                 continue
             if view.request is not None:
+                if view.request.kind == "entries" and view.next_request is None:
+                    self._ask_entries(view, now, out)  # refill the pipeline
                 continue
             if view.pending and not view.evidence:
                 self._rejudge(view, now, out)

@@ -13,8 +13,9 @@ What a backend must do, exactly as LevelDB does it:
 - keys and values are bytes; iteration is in bytewise key order (Python's `bytes` order), over
   `[start, stop)`, and sees no write made after it began;
 - a write batch is applied all or nothing, in the order of its operations (a later operation on
-  the same key wins), and durably before `write` returns; a failed write raises
-  `StoreWriteError` and leaves nothing of the batch behind;
+  the same key wins), and durably before `write` returns (unless made with
+  `durable=False`); a failed write raises `StoreWriteError` and leaves nothing of the batch
+  behind;
 - reads raise `StoreCorruptError` for damage and `StoreError` otherwise (also once closed).
 
 A backend must never interpret what it stores: no log logic here.
@@ -54,8 +55,14 @@ class KeyValueDB(Protocol):
         """(key, value) for every key in [start, stop) in bytewise order (stop None: to the end)."""
         ...
 
-    def write_batch(self) -> WriteBatch:
-        """A new, empty batch of this database; hand it to `write`."""
+    def write_batch(self, durable: bool = True) -> WriteBatch:
+        """A new, empty batch of this database; hand it to `write`.
+
+        `durable=False` skips the fsync: such a batch is applied all or nothing and in order
+        with every other write, but a crash (of the machine, not only of the process) may
+        lose it, together with the non-durable writes just before it.  For what can be
+        learned again (gossip heads, remembered peers), never for acknowledged data.
+        """
         ...
 
     def write(self, batch: WriteBatch) -> None:

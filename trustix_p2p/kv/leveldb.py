@@ -76,9 +76,9 @@ class Database:
         except (plyvel.Error, RuntimeError) as exc:
             raise self._read_error(exc) from exc
 
-    def write_batch(self) -> WriteBatch:
+    def write_batch(self, durable: bool = True) -> WriteBatch:
         """A new write batch; hand it to `write` (durable: sync=True)."""
-        batch: WriteBatch = self._db.write_batch(sync=True)
+        batch: WriteBatch = self._db.write_batch(sync=durable)
         return batch
 
     def write(self, batch: WriteBatch) -> None:

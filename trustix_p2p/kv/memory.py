@@ -20,7 +20,7 @@ iterator does not).  This module never looks inside the values it stores.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, insort
 from collections.abc import Iterator
 from typing import cast
 
@@ -110,10 +110,16 @@ class MemoryDatabase:
         if self._closed:
             raise self._closed_error()
         if self._pending:
-            keys = self._keys + self._pending
-            keys.sort()  # two sorted runs once the pending keys are sorted: a merge
-            self._keys = keys
+            pending = self._pending
             self._pending = []
+            if len(pending) * 64 < len(self._keys):
+                # A few new keys into many: insert each (a memmove), not a sort of all.
+                for key in sorted(pending):
+                    insort(self._keys, key)
+            else:
+                keys = self._keys + pending
+                keys.sort()  # two sorted runs once the pending keys are sorted: a merge
+                self._keys = keys
         keys = self._keys
         lo = bisect_left(keys, start)
         hi = len(keys) if stop is None else bisect_left(keys, stop, lo)
@@ -126,7 +132,7 @@ class MemoryDatabase:
         """Make the next `count` writes fail with StoreWriteError, writing nothing (tests)."""
         self._failures.extend([reason] * count)
 
-    def write_batch(self) -> MemoryWriteBatch:
+    def write_batch(self, durable: bool = True) -> MemoryWriteBatch:
         return MemoryWriteBatch()
 
     def write(self, batch: WriteBatch) -> None:
@@ -150,7 +156,8 @@ class MemoryDatabase:
                 self._pending = [k for k in self._pending if k not in dead]
         else:
             puts = cast("dict[bytes, bytes]", ops)  # no None among the values
-        new = puts.keys() - data.keys()
+        # Not `puts.keys() - data.keys()`: that walks every key of the store.
+        new = [key for key in puts if key not in data]
         data.update(puts)
         self._pending.extend(new)
 
