@@ -46,7 +46,6 @@ from trustix_p2p.keyfile import write_key_file
 from trustix_p2p.ownlog import MemoryCheckpointFile, OwnLog
 from trustix_p2p.storage import Store
 
-
 EXTRA = ""
 
 
