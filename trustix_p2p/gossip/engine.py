@@ -624,6 +624,9 @@ class Engine:
                     out += self._heads_for(p.id, want_reply=False)
             case m.Hello(addresses):
                 p.advertised = addresses
+                if addresses:  # so the shell can dial it back later, pinned to its key
+                    key = PublicKey(p.key).to_base64()
+                    out.append(LearnedPeers(p.id, tuple(f"{key}@{a}" for a in addresses[:2])))
             case m.GetPeers():
                 out.append(Send(p.id, m.Peers(self._peer_addresses(exclude=p.id))))
             case m.Peers(addresses):
