@@ -125,8 +125,10 @@ class Peering:
     # Per log being synced: (when it started, size then, size now, target).
     _progress: dict[bytes, tuple[float, int, int, int]] = attrs.field(init=False, factory=dict)
     _last_progress_log: float = attrs.field(init=False, default=-math.inf)
-    # The engine's next deadline, as of its last call (unix seconds).
+    # The engine's next deadline, as of its last call (unix seconds), and until when the
+    # timer sleeps (a call that moves the deadline before that wakes it).
     _deadline: float = attrs.field(init=False, default=-math.inf)
+    _timer_until: float = attrs.field(init=False, default=-math.inf)
 
     # -- start ------------------------------------------------------------------------------
 
@@ -199,7 +201,8 @@ class Peering:
             self.node.log.error("gossip: %s", exc)
             return
         self._apply(actions)
-        self._wake_timer.set()
+        if self._deadline < self._timer_until:
+            self._wake_timer.set()  # the engine wants a tick sooner than the timer sleeps
 
     def _apply(self, actions: list[eng.Action]) -> None:
         for action in actions:
@@ -425,13 +428,19 @@ class Peering:
 
     async def _timer(self) -> None:
         while True:
-            wait = self._deadline - self.node.clock()
+            now = self.node.clock()
+            wait = min(self._deadline - now, 1.0)
             if wait > 0:
-                with trio.move_on_after(min(wait, 1.0)):
+                self._timer_until = now + wait
+                with trio.move_on_after(wait):
                     await self._wake_timer.wait()
                 self._wake_timer = trio.Event()
+            self._timer_until = -math.inf  # ticking: nothing needs to wake it
             await self.call(self.engine.tick, self.node.clock())
-            await trio.sleep(0)
+            if self._deadline <= self.node.clock():
+                await trio.sleep(0.05)  # never spin, even on a deadline the tick did not move
+            else:
+                await trio.sleep(0)
 
     # -- dialling ---------------------------------------------------------------------------------
 

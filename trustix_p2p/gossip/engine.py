@@ -488,8 +488,10 @@ class Engine:
             view = self._logs[log_id]
             if view.request is not None:
                 deadline = min(deadline, view.request.deadline)
-            elif view.refused:
-                deadline = min(deadline, min(view.refused.values()))
+            else:
+                later = [until for until in view.refused.values() if until > self._now]
+                if later:
+                    deadline = min(deadline, min(later))
         return deadline
 
     # -- events ---------------------------------------------------------------------------------
@@ -550,6 +552,8 @@ class Engine:
         out: list[Action] = []
         for log_id in sorted(self._attention):  # requests are only ever made for these
             view = self._logs[log_id]
+            if view.refused:
+                view.refused = {p: until for p, until in view.refused.items() if until > now}
             request = view.request
             if request is not None and request.deadline <= now:
                 view.request = view.next_request = None
