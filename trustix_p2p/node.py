@@ -26,6 +26,7 @@ peer can append to a log.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -68,6 +69,7 @@ from trustix_p2p.events import (
 )
 from trustix_p2p.executor import Executor, ThreadExecutor
 from trustix_p2p.gossip import engine as eng
+from trustix_p2p.gossip.messages import GetConsistency, NoData
 from trustix_p2p.keyfile import load_key_file
 from trustix_p2p.ownlog import OwnLog
 from trustix_p2p.peering import Peering
@@ -509,20 +511,38 @@ class Node:
         return ev.to_json(matches[0].evidence)
 
     def lookup(self, out_path: str) -> list[protocol.LookupHit]:
-        hits: list[protocol.LookupHit] = []
-        for log_id in self.store.log_ids():
-            lg = self.store.log(log_id)
-            cp = lg.checkpoint()
-            for index in lg.lookup(out_path)[: protocol.MAX_HITS - len(hits)]:
-                if cp is not None and index < cp.checkpoint.size:
-                    proof: tuple[bytes, ...] | None = tuple(
-                        lg.inclusion_proof(index, cp.checkpoint.size)
-                    )
-                    note: bytes | None = cp.note
-                else:
-                    proof, note = None, None
-                hits.append(protocol.LookupHit(log_id, index, lg.leaf(index), note, proof))
-        return hits
+        """Every entry about `out_path` in the own and mirrored logs, with its inclusion proof
+        against the log's stored checkpoint (carrying the cosignatures gathered for it)."""
+        return [
+            protocol.LookupHit(
+                hashlib.sha256(h.public_key).digest(),
+                h.index,
+                h.leaf,
+                h.note,
+                h.proof if h.note is not None else None,
+            )
+            for h in self.engine.path_hits(out_path)
+        ]
+
+    def entries(self, log_id: bytes, start: int, count: int) -> list[bytes]:
+        """Leaves [start, start + count) of a stored log, at most MAX_ENTRIES_REPLY_BYTES."""
+        if not self.store.has_log(log_id):
+            raise StoreError(f"this node holds no log {log_id.hex()}")
+        lg = self.store.log(log_id)
+        leaves: list[bytes] = []
+        budget = protocol.MAX_ENTRIES_REPLY_BYTES
+        for _index, leaf in lg.leaves(start, min(lg.size, start + count)):
+            budget -= len(leaf) + 5
+            if leaves and budget < 0:
+                break
+            leaves.append(leaf)
+        return leaves
+
+    def consistency(self, log_id: bytes, old: int, new: int) -> protocol.ConsistencyReply:
+        reply = self.engine.serve_consistency(GetConsistency(log_id, old, new))
+        if isinstance(reply, NoData):
+            raise StoreError(f"no consistency proof here: {reply.reason}")
+        return protocol.ConsistencyReply(reply.prefix_root, reply.note, reply.proof)
 
     def _checkpoint_note(self, log_id: bytes | None) -> bytes | None:
         target = self.own_log if log_id is None else self.store.log(log_id)
@@ -595,6 +615,11 @@ class Node:
                 case protocol.EvidenceListRequest():
                     items = await self.executor.run(self.evidence_rows)
                     reply = protocol.EvidenceListReply(tuple(items))
+                case protocol.EntriesRequest(log_id, start, count):
+                    got = await self.executor.run(self.entries, log_id, start, count)
+                    reply = protocol.EntriesReply(tuple(got))
+                case protocol.ConsistencyRequest(log_id, old, new):
+                    reply = await self.executor.run(self.consistency, log_id, old, new)
                 case protocol.EvidenceRequest(ident):
                     document = await self.executor.run(self.evidence_document, ident)
                     reply = protocol.EvidenceReply(document)

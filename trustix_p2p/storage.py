@@ -584,6 +584,17 @@ class LogStore:
         prefix = self._prefix_p + out_path.encode() + b"\x00"
         return sorted(_U64.unpack(v)[0] for _, v in self.db.items(prefix, prefix_stop(prefix)))
 
+    def lookup_prefix(self, prefix: str, limit: int = 256) -> list[int]:
+        """Positions of the leaves about every out path that starts with `prefix` (a store
+        path's `/nix/store/<hash part>-`), in log order; at most `limit`."""
+        start = self._prefix_p + prefix.encode()
+        found: list[int] = []
+        for _, v in self.db.items(start, prefix_stop(start)):
+            found.append(_U64.unpack(v)[0])
+            if len(found) >= limit:
+                break
+        return sorted(found)
+
     def index_of(self, leaf: bytes, out_path: str) -> int | None:
         """Position of this exact leaf in the own log, or None."""
         raw = self.db.get(self._prefix_p + out_path.encode() + b"\x00" + merkle.leaf_hash(leaf))

@@ -135,6 +135,22 @@ class ControlClient:
         assert isinstance(reply, protocol.EvidenceReply)
         return reply.document
 
+    def consistency(self, log_id: bytes, old_size: int, new_size: int) -> protocol.ConsistencyReply:
+        """The node's checkpoint of `new_size`, its root at `old_size` and the proof between."""
+        from trustix_p2p.control import protocol
+
+        reply = self.call(protocol.ConsistencyRequest(log_id, old_size, new_size))
+        assert isinstance(reply, protocol.ConsistencyReply)
+        return reply
+
+    def entries(self, log_id: bytes, start: int, count: int) -> list[bytes]:
+        """Leaves [start, start + count) of a log (fewer if the reply would be too large)."""
+        from trustix_p2p.control import protocol
+
+        reply = self.call(protocol.EntriesRequest(log_id, start, count))
+        assert isinstance(reply, protocol.EntriesReply)
+        return list(reply.leaves)
+
 
 def submit_leaves(
     socket_path: str | os.PathLike[str], leaves: Sequence[bytes], timeout: float = 10.0

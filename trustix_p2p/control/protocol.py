@@ -11,6 +11,8 @@ Requests:  ["submit", [leaf bytes, ...]]   -> ["ok", [index, ...]]
            ["peers"]                       -> ["ok", [[PeerRow fields...], ...]]
            ["evidence-list"]               -> ["ok", [[EvidenceRow fields...], ...]]
            ["evidence", id or id prefix]   -> ["ok", evidence document (JSON text)]
+           ["consistency", log_id, old, new] -> ["ok", [prefix_root, note, [hash, ...]]]
+           ["entries", log_id, start, count] -> ["ok", [leaf, ...]]  (at most 4096 / 8 MiB)
 Any request can instead be answered ["error", message] (refused: do not retry as is) or
 ["unavailable", message] (the node cannot take it now, e.g. after a failed write: retry later,
 or spool).
@@ -60,6 +62,8 @@ MAX_FOLLOWED: Final = 1_000_000
 MAX_PEER_ROWS: Final = 4096
 MAX_EVIDENCE_ROWS: Final = 100_000
 MAX_DOCUMENT: Final = 1 << 20
+MAX_ENTRIES_PER_REPLY: Final = 4096
+MAX_ENTRIES_REPLY_BYTES: Final = 8 << 20
 
 __all__ = [
     "MAX_FRAME",
@@ -68,6 +72,10 @@ __all__ = [
     "REQUESTS",
     "CheckpointReply",
     "CheckpointRequest",
+    "ConsistencyReply",
+    "ConsistencyRequest",
+    "EntriesReply",
+    "EntriesRequest",
     "EvidenceListReply",
     "EvidenceListRequest",
     "EvidenceReply",
@@ -145,8 +153,29 @@ class EvidenceRequest:
     id: str = wire.field(wire.Text(max_len=64, min_len=1))
 
 
+@attrs.frozen
+class ConsistencyRequest:
+    """Ask for the consistency proof from size `old_size` to the node's checkpoint of exactly
+    `new_size`, with that checkpoint and the root of its tree at `old_size`."""
+
+    log_id: bytes = wire.field(_KEY)
+    old_size: int = wire.field(wire.Integer(1, 2**63 - 1))
+    new_size: int = wire.field(wire.Integer(1, 2**63 - 1))
+
+
+@attrs.frozen
+class EntriesRequest:
+    """Ask for the leaves [start, start + count) of a log the node holds entries of."""
+
+    log_id: bytes = wire.field(_KEY)
+    start: int = wire.field(_UINT63)
+    count: int = wire.field(wire.Integer(1, MAX_ENTRIES_PER_REPLY))
+
+
 Request = (
     Submit
+    | ConsistencyRequest
+    | EntriesRequest
     | StatusRequest
     | CheckpointRequest
     | LookupRequest
@@ -165,6 +194,8 @@ REQUESTS: Final = wire.Tagged(
         "peers": PeersRequest,
         "evidence-list": EvidenceListRequest,
         "evidence": EvidenceRequest,
+        "consistency": ConsistencyRequest,
+        "entries": EntriesRequest,
     }
 )
 
@@ -293,6 +324,20 @@ class EvidenceListReply:
 
 
 @attrs.frozen
+class ConsistencyReply:
+    prefix_root: bytes = wire.field(_KEY)
+    note: bytes = wire.field(wire.Bytes(1, MAX_NOTE_SIZE))
+    proof: tuple[bytes, ...] = wire.field(wire.ListOf(_KEY, 2 * MAX_PROOF), converter=tuple)
+
+
+@attrs.frozen
+class EntriesReply:
+    leaves: tuple[bytes, ...] = wire.field(
+        wire.ListOf(wire.Bytes(1, MAX_ENTRY_BYTES), MAX_ENTRIES_PER_REPLY), converter=tuple
+    )
+
+
+@attrs.frozen
 class EvidenceReply:
     document: str = wire.field(wire.Text(max_len=MAX_DOCUMENT))
 
@@ -323,6 +368,8 @@ OkReply = (
     | PeersReply
     | EvidenceListReply
     | EvidenceReply
+    | ConsistencyReply
+    | EntriesReply
 )
 Reply = OkReply | Refused | Unavailable
 
@@ -334,6 +381,8 @@ _OK_REPLY: Final[dict[type[Request], type[OkReply]]] = {
     PeersRequest: PeersReply,
     EvidenceListRequest: EvidenceListReply,
     EvidenceRequest: EvidenceReply,
+    ConsistencyRequest: ConsistencyReply,
+    EntriesRequest: EntriesReply,
 }
 # Per request class, the table of its replies.
 _REPLIES: Final[dict[type[Request], wire.Tagged]] = {

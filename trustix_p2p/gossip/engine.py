@@ -642,6 +642,8 @@ class Engine:
                 self._on_consistency(p, msg, now, out)
             case m.GetEntries():
                 out.append(Send(p.id, self._serve_entries(msg)))
+            case m.GetPathEntries(out_path):
+                out.append(Send(p.id, m.PathEntries(out_path, tuple(self.path_hits(out_path)))))
             case m.Entries():
                 self._on_entries(p, msg, now, out)
             case m.NoData(log_id, _reason):
@@ -968,6 +970,12 @@ class Engine:
         view.request = _Request(peer, "consistency", old, new, 0, now + self.config.request_timeout)
         out.append(Send(peer, m.GetConsistency(view.log_id, old, new)))
 
+    def serve_consistency(self, msg: m.GetConsistency) -> m.Consistency | m.NoData:
+        """What this node answers to `msg` (peers and light clients alike)."""
+        reply = self._serve_consistency(msg)
+        assert isinstance(reply, m.Consistency | m.NoData)
+        return reply
+
     def _serve_consistency(self, msg: m.GetConsistency) -> wire.Message:
         view = self._logs.get(msg.log_id)
         if view is None:
@@ -1108,6 +1116,38 @@ class Engine:
                 first.peer, "entries", start, target, count, first.deadline, head
             )
             out.append(Send(first.peer, m.GetEntries(view.log_id, start, count, target)))
+
+    def path_hits(self, out_path: str) -> list[m.PathHit]:
+        """Every entry about `out_path` in the logs this node holds entries of, each with its
+        inclusion proof against the log's stored checkpoint (the latest one its entries
+        rebuild), for light clients.  At most MAX_PATH_HITS."""
+        hits: list[m.PathHit] = []
+        for log_id in sorted(self._logs):
+            view = self._logs[log_id]
+            if view.mode == "witness":
+                continue
+            lg = view.store
+            stored = lg.checkpoint()
+            # A bare `/nix/store/<hash part>` asks for the path with that hash, whatever name.
+            bare = len(out_path.rpartition("/")[2]) == 32 and "-" not in out_path.rpartition("/")[2]
+            indices = lg.lookup_prefix(out_path + "-") if bare else lg.lookup(out_path)
+            for index in indices:
+                if len(hits) >= m.MAX_PATH_HITS:
+                    return hits
+                if stored is not None and index < stored.checkpoint.size:
+                    size = stored.checkpoint.size
+                    note = self._note_with_cosignatures(view, stored)
+                    proof = tuple(lg.inclusion_proof(index, size))
+                    hits.append(m.PathHit(view.public_key.raw, index, lg.leaf(index), note, proof))
+                else:
+                    hits.append(m.PathHit(view.public_key.raw, index, lg.leaf(index), None, ()))
+        return hits
+
+    def _note_with_cosignatures(self, view: _Log, signed: SignedCheckpoint) -> bytes:
+        """The note of `signed`, with the cosignatures gathered if it is the head."""
+        if view.head is not None and view.head.checkpoint.body() == signed.checkpoint.body():
+            return self._head_note(view)
+        return signed.note
 
     def _serve_entries(self, msg: m.GetEntries) -> wire.Message:
         view = self._logs.get(msg.log_id)

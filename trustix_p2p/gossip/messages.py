@@ -17,6 +17,8 @@ docs/protocol.md describes each with the rules the engine follows.  In short:
 - `Cosigned`: a witness's C2SP tlog-cosignature/v1 of a checkpoint note.
 - `NoData`: the responder cannot answer a request (it does not mirror the log, or has no
   checkpoint of that size); the requester asks someone else.
+- `GetPathEntries` / `PathEntries`: what a light client asks a node: every entry the node
+  holds about a store path, each with its log's key, checkpoint note and inclusion proof.
 - Evidence travels as `trustix_p2p.core.evidence.EvidenceMessage` (id 24).
 
 Limits are in the specs, so a message that breaks one is refused by the strict reader before
@@ -49,6 +51,8 @@ __all__ = [
     "Heads",
     "Hello",
     "NoData",
+    "PathEntries",
+    "PathHit",
     "Peers",
 ]
 
@@ -162,3 +166,31 @@ class Consistency(wire.Message):
 class NoData(wire.Message):
     log_id: bytes = wire.field(_HASH)
     reason: str = wire.field(wire.Text(max_len=200))
+
+
+MAX_PATH_HITS: Final = 256
+
+
+@wire.message(27)
+@attrs.frozen
+class GetPathEntries(wire.Message):
+    out_path: str = wire.field(wire.Text(max_len=4096, min_len=1))
+
+
+@attrs.frozen
+class PathHit:
+    """One entry about a path, provable: the leaf at `index` of the log of `public_key`,
+    with the inclusion proof against `note` (None and () when no checkpoint covers it)."""
+
+    public_key: bytes = wire.field(_KEY)
+    index: int = wire.field(_UINT63)
+    leaf: bytes = wire.field(wire.Bytes(1, MAX_ENTRY_BYTES))
+    note: bytes | None = wire.field(wire.Nullable(_NOTE))
+    proof: tuple[bytes, ...] = wire.field(wire.ListOf(_HASH, 64))
+
+
+@wire.message(28)
+@attrs.frozen
+class PathEntries(wire.Message):
+    out_path: str = wire.field(wire.Text(max_len=4096, min_len=1))
+    hits: tuple[PathHit, ...] = wire.field(wire.ListOf(wire.Struct(PathHit), MAX_PATH_HITS))

@@ -1,0 +1,1 @@
+"""The workstation: trust policy, light client, decisions."""

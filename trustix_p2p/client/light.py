@@ -1,0 +1,426 @@
+"""The light client: asks nodes, verifies everything itself, decides M of N.
+
+It keeps no log, only the last checkpoint it verified of each trusted log (the state file,
+`trustix_p2p.client.state`).  For a store path it asks its nodes, in the policy's order, for
+every entry they hold about the path, each with an inclusion proof against a checkpoint; then,
+per entry:
+
+1. the entry must be in the log of a builder the policy trusts;
+2. the checkpoint's signature must verify with that builder's key, and carry at least
+   `witness_threshold` valid cosignatures of the policy's witnesses;
+3. the checkpoint must be consistent with the one cached for that log: the same size and root,
+   or a consistency proof (asked of the same node) from the cached one to it, or from it to the
+   cached one when the node is behind.  The proof carries the root of the larger tree at the
+   smaller size (`prefix_root`): if the proof holds but that root differs from the signed
+   checkpoint of that size the client holds, the builder signed two histories, and the two
+   checkpoints with the proof are evidence (DESIGN §4), kept in the state file and reported;
+4. the inclusion proof must hold, and the leaf must decode to an entry about the path asked.
+
+A node whose answer fails a check (a forged entry, a bad proof, a checkpoint that does not
+verify, a stale or inconsistent one without a valid proof) is reported by name with what
+failed, and the builders it answered for are asked of the next node; nothing it said counts.
+Votes are then counted by `trustix_p2p.core.decision.decide`, by distinct builder key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from typing import Protocol
+
+import attrs
+import trio
+
+from trustix_p2p.client.policy import Policy, PolicyBuilder
+from trustix_p2p.client.state import ClientState
+from trustix_p2p.core import evidence as ev
+from trustix_p2p.core import merkle
+from trustix_p2p.core.checkpoint import (
+    SignedCheckpoint,
+    cosignatures_in,
+    origin_for,
+    verify_checkpoint,
+)
+from trustix_p2p.core.decision import Decision, decide
+from trustix_p2p.core.entry import Entry, decode_entry
+from trustix_p2p.core.keys import PrivateKey
+from trustix_p2p.errors import (
+    DecodeError,
+    NodeUnavailableError,
+    RemoteProtocolError,
+    TrustixError,
+    VerificationError,
+)
+
+__all__ = ["ControlSource", "Hit", "LightClient", "NoiseSource", "Source", "sources_for"]
+
+
+@attrs.frozen
+class Hit:
+    log_id: bytes
+    index: int
+    leaf: bytes
+    note: bytes | None
+    proof: tuple[bytes, ...]
+
+
+@attrs.frozen
+class Proof:
+    prefix_root: bytes
+    note: bytes
+    proof: tuple[bytes, ...]
+
+
+class Source(Protocol):
+    """A node the client asks (its answers are verified, never trusted)."""
+
+    name: str
+
+    async def path_hits(self, out_path: str) -> list[Hit]: ...
+
+    async def consistency(self, log_id: bytes, old: int, new: int) -> Proof: ...
+
+    async def aclose(self) -> None: ...
+
+
+class NodeLied(TrustixError):
+    """A node's answer failed a check (the message says which)."""
+
+
+# -- sources ------------------------------------------------------------------------------------
+
+
+@attrs.define
+class ControlSource:
+    """A local node, over its control socket (blocking client calls in a worker thread)."""
+
+    socket_path: str
+    timeout: float = 10.0
+    name: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        self.name = self.name or f"node at {self.socket_path}"
+
+    async def _call(self, method: str, *args: object) -> object:
+        from trustix_p2p.control.client import ControlClient
+
+        def run() -> object:
+            with ControlClient(self.socket_path, self.timeout) as client:
+                return getattr(client, method)(*args)
+
+        return await trio.to_thread.run_sync(run)
+
+    async def path_hits(self, out_path: str) -> list[Hit]:
+        hits = await self._call("lookup", out_path)
+        assert isinstance(hits, list)
+        return [Hit(h.log_id, h.index, h.leaf, h.checkpoint, tuple(h.proof or ())) for h in hits]
+
+    async def consistency(self, log_id: bytes, old: int, new: int) -> Proof:
+        reply = await self._call("consistency", log_id, old, new)
+        return Proof(reply.prefix_root, reply.note, tuple(reply.proof))  # type: ignore[attr-defined]
+
+    async def evidence_documents(self) -> list[str]:
+        rows = await self._call("evidence_list")
+        assert isinstance(rows, list)
+        return [str(await self._call("evidence", row.id)) for row in rows]
+
+    async def aclose(self) -> None:
+        return None
+
+
+@attrs.define
+class NoiseSource:
+    """A node over Noise, as a peer with a throwaway key (the node greets it like any peer;
+    the client passes over what it did not ask for)."""
+
+    address: str
+    timeout: float = 10.0
+    name: str = ""
+    _connection: object | None = None
+    _scope: trio.CancelScope | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self.name = self.name or f"node {self.address}"
+
+    async def _conn(self) -> object:
+        from trustix_p2p.transport import connect
+
+        if self._connection is None:
+            key = PrivateKey.from_seed(os.urandom(32))
+            with trio.fail_after(self.timeout):
+                self._connection = await connect(self.address, key)
+        return self._connection
+
+    async def _ask(self, request: object, reply_type: type) -> object:
+        from trustix_p2p.gossip import messages as m
+        from trustix_p2p.transport import Connection
+
+        connection = await self._conn()
+        assert isinstance(connection, Connection)
+        with trio.fail_after(self.timeout):
+            await connection.send_message(request)  # type: ignore[arg-type]
+            for _ in range(10_000):  # the node's greeting comes first
+                message = await connection.receive_message()
+                if message is None:
+                    raise NodeUnavailableError(f"{self.name} closed the connection")
+                if isinstance(message, reply_type):
+                    return message
+                if isinstance(message, m.NoData):
+                    raise NodeUnavailableError(f"{self.name}: {message.reason}")
+        raise RemoteProtocolError(f"{self.name} did not answer")
+
+    async def path_hits(self, out_path: str) -> list[Hit]:
+        from trustix_p2p.gossip import messages as m
+
+        reply = await self._ask(m.GetPathEntries(out_path), m.PathEntries)
+        assert isinstance(reply, m.PathEntries)
+        return [
+            Hit(hashlib.sha256(h.public_key).digest(), h.index, h.leaf, h.note, h.proof)
+            for h in reply.hits
+        ]
+
+    async def consistency(self, log_id: bytes, old: int, new: int) -> Proof:
+        from trustix_p2p.gossip import messages as m
+
+        reply = await self._ask(m.GetConsistency(log_id, old, new), m.Consistency)
+        assert isinstance(reply, m.Consistency)
+        return Proof(reply.prefix_root, reply.note, reply.proof)
+
+    async def aclose(self) -> None:
+        if self._connection is not None:
+            from trustix_p2p.transport import Connection
+
+            connection = self._connection
+            assert isinstance(connection, Connection)
+            self._connection = None
+            with trio.move_on_after(2):
+                await connection.aclose()
+
+
+def sources_for(policy: Policy) -> list[Source]:
+    """The nodes a policy names: the local node first, then the Noise nodes in order."""
+    sources: list[Source] = []
+    if policy.node_socket is not None:
+        sources.append(ControlSource(str(policy.node_socket), policy.timeout))
+    sources += [NoiseSource(address, policy.timeout) for address in policy.nodes]
+    return sources
+
+
+# -- the client ----------------------------------------------------------------------------------
+
+
+@attrs.define
+class LightClient:
+    policy: Policy
+    sources: Sequence[Source]
+    state: ClientState
+    problems: list[str] = attrs.field(factory=list)
+    # Builders excluded by verified evidence, and why.
+    excluded: dict[bytes, str] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        self._refresh_exclusions()
+
+    def _refresh_exclusions(self) -> None:
+        if not self.policy.exclude_on_evidence:
+            return
+        for document in self.state.evidence:
+            self.excluded.setdefault(document.public_key.raw, f"evidence: {document.kind}")
+
+    def report(self, source: Source, what: str) -> None:
+        line = f"{source.name}: {what}"
+        if line not in self.problems:
+            self.problems.append(line)
+
+    async def load_node_evidence(self) -> None:
+        """Evidence a local node holds, verified here (only signatures and proofs count)."""
+        for source in self.sources:
+            if not isinstance(source, ControlSource):
+                continue
+            try:
+                documents = await source.evidence_documents()
+            except TrustixError as exc:
+                self.report(source, f"cannot list evidence: {exc}")
+                continue
+            for text in documents:
+                try:
+                    evidence = ev.from_json(text)
+                    ev.verify_evidence(evidence)
+                except (DecodeError, VerificationError) as exc:
+                    self.report(source, f"served evidence that does not verify: {exc}")
+                    continue
+                if self.policy.builder_for_log(evidence.public_key.log_id()) is not None:
+                    self.state.add_evidence(evidence)
+        self._refresh_exclusions()
+
+    async def decide(self, store_path: str) -> Decision:
+        """Ask, verify, decide (see the module docstring)."""
+        verified: dict[bytes, list[Entry]] = {}
+        answered: set[bytes] = set()
+        full_path = store_path
+        for source in self.sources:
+            wanted = {b.log_id for b in self.policy.builders} - answered
+            if not wanted:
+                break
+            try:
+                hits = await source.path_hits(store_path)
+            except (TrustixError, OSError, trio.TooSlowError) as exc:
+                self.report(source, f"unavailable: {exc}")
+                continue
+            failed: set[bytes] = set()
+            per_log: dict[bytes, list[Entry]] = {}
+            for hit in hits:
+                builder = self.policy.builder_for_log(hit.log_id)
+                if builder is None or hit.log_id not in wanted or hit.log_id in failed:
+                    continue
+                try:
+                    entry = await self._verify_hit(source, builder, hit, store_path)
+                except NodeLied as exc:
+                    self.report(source, str(exc))
+                    failed.add(hit.log_id)
+                    per_log.pop(hit.log_id, None)
+                    continue
+                except (TrustixError, trio.TooSlowError) as exc:
+                    self.report(source, f"{builder.name}: {exc}")
+                    failed.add(hit.log_id)
+                    per_log.pop(hit.log_id, None)
+                    continue
+                if entry is not None:
+                    per_log.setdefault(hit.log_id, []).append(entry)
+            # Builders this node proved entries for are settled; the others (no entry here,
+            # or an answer that failed a check) are asked of the next node: one node cannot
+            # hide a builder's entries from the client.
+            for log_id, entries in per_log.items():
+                verified[log_id] = entries
+                answered.add(log_id)
+        for entries in verified.values():
+            for entry in entries:
+                if entry.out_path != store_path and entry.out_path.startswith(store_path):
+                    full_path = entry.out_path  # a hash part asked: the path it names
+                    break
+        self.state.save()
+        self._refresh_exclusions()
+        by_key = {
+            self._key_of(log_id): [e for e in entries if e.out_path == full_path]
+            for log_id, entries in verified.items()
+        }
+        return decide(
+            full_path, self.policy.decision_builders(), self.policy.threshold, by_key, self.excluded
+        )
+
+    def _key_of(self, log_id: bytes) -> bytes:
+        builder = self.policy.builder_for_log(log_id)
+        assert builder is not None
+        return builder.public_key.raw
+
+    async def _verify_hit(
+        self, source: Source, builder: PolicyBuilder, hit: Hit, store_path: str
+    ) -> Entry | None:
+        if hit.note is None:
+            return None  # not yet covered by a checkpoint: not provable, not counted
+        try:
+            signed = verify_checkpoint(hit.note, builder.public_key)
+        except (DecodeError, VerificationError) as exc:
+            raise NodeLied(f"{builder.name}: a checkpoint that does not verify ({exc})") from exc
+        self._check_witnesses(builder, signed)
+        await self._check_consistent(source, builder, signed)
+        cp = signed.checkpoint
+        try:
+            merkle.verify_inclusion(
+                hit.index, cp.size, merkle.leaf_hash(hit.leaf), hit.proof, cp.root
+            )
+        except VerificationError as exc:
+            raise NodeLied(f"{builder.name}: an inclusion proof that does not verify") from exc
+        try:
+            entry = decode_entry(hit.leaf)
+        except DecodeError as exc:
+            raise NodeLied(f"{builder.name}: a leaf that is not a valid entry ({exc})") from exc
+        wanted = store_path if "-" in store_path.rpartition("/")[2] else store_path + "-"
+        if not (entry.out_path == store_path or entry.out_path.startswith(wanted)):
+            raise NodeLied(f"{builder.name}: an entry about another path ({entry.out_path})")
+        return entry
+
+    def _check_witnesses(self, builder: PolicyBuilder, signed: SignedCheckpoint) -> None:
+        k = self.policy.witness_threshold
+        if k == 0:
+            return
+        count = 0
+        for witness in self.policy.witnesses:
+            name = origin_for(witness.public_key.log_id())
+            try:
+                count += bool(cosignatures_in(signed.note, name, witness.public_key))
+            except (DecodeError, VerificationError):
+                continue
+        if count < k:
+            raise VerificationError(
+                f"its checkpoint of size {signed.checkpoint.size} has {count} of the "
+                f"{k} witness cosignatures the policy requires"
+            )
+
+    async def _check_consistent(
+        self, source: Source, builder: PolicyBuilder, signed: SignedCheckpoint
+    ) -> None:
+        cached = self.state.checkpoint(builder)
+        cp = signed.checkpoint
+        if cached is None:
+            self.state.remember(builder, signed)
+            return
+        c = cached.checkpoint
+        if cp.size == c.size:
+            if cp.root != c.root:
+                self._evidence(builder, ev.split_view(builder.public_key, cached.note, signed.note))
+                raise VerificationError(f"{builder.name} signed a split view (evidence kept)")
+            return
+        if cp.size == 0 or c.size == 0:
+            if cp.size > c.size:
+                self.state.remember(builder, signed)
+            return
+        small, large = (cached, signed) if c.size < cp.size else (signed, cached)
+        try:
+            proof = await source.consistency(
+                builder.log_id, small.checkpoint.size, large.checkpoint.size
+            )
+        except (TrustixError, trio.TooSlowError) as exc:
+            raise NodeLied(
+                f"{builder.name}: no consistency proof from size {small.checkpoint.size} to "
+                f"{large.checkpoint.size} ({exc})"
+            ) from exc
+        try:
+            given = verify_checkpoint(proof.note, builder.public_key)
+        except (DecodeError, VerificationError) as exc:
+            raise NodeLied(f"{builder.name}: a consistency reply with a bad checkpoint") from exc
+        g = given.checkpoint
+        if g.size != large.checkpoint.size:
+            raise NodeLied(f"{builder.name}: a consistency proof to another size")
+        try:
+            merkle.verify_consistency(
+                small.checkpoint.size, g.size, proof.proof, proof.prefix_root, g.root
+            )
+        except VerificationError as exc:
+            raise NodeLied(f"{builder.name}: a consistency proof that does not verify") from exc
+        if g.root != large.checkpoint.root:
+            self._evidence(builder, ev.split_view(builder.public_key, given.note, large.note))
+            raise VerificationError(f"{builder.name} signed a split view (evidence kept)")
+        if proof.prefix_root != small.checkpoint.root:
+            self._evidence(
+                builder,
+                ev.inconsistent_history(
+                    builder.public_key, small.note, given.note, proof.prefix_root, proof.proof
+                ),
+            )
+            raise VerificationError(f"{builder.name} signed two histories (evidence kept)")
+        if cp.size > c.size:
+            self.state.remember(builder, signed)
+
+    def _evidence(self, builder: PolicyBuilder, evidence: ev.Evidence) -> None:
+        self.state.add_evidence(evidence)
+        self.problems.append(
+            f"evidence against {builder.name}: {evidence.kind} ({ev.evidence_id(evidence)[:16]})"
+        )
+        if self.policy.exclude_on_evidence:
+            self.excluded[builder.public_key.raw] = f"evidence: {evidence.kind}"
+
+    async def aclose(self) -> None:
+        for source in self.sources:
+            await source.aclose()
