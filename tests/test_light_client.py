@@ -1,0 +1,215 @@
+"""The light client against real nodes (in process: TCP, Noise, LevelDB): 3-of-4 decisions,
+lying nodes detected and routed around, the state file, and the `decide` command."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+
+from tests import factories as f
+from tests.test_gossip_node import make_config, pinned, running
+from trustix_p2p import cli
+from trustix_p2p.client.light import ControlSource, Hit, LightClient, NoiseSource, Proof, Source
+from trustix_p2p.client.policy import load_policy
+from trustix_p2p.client.state import ClientState
+from trustix_p2p.errors import ConfigError
+from trustix_p2p.node import Node
+
+NAMES = ("alice", "bob", "chuck", "dan")
+SHARED = 5  # entries 0..4 built by all four; chuck's entry 2 differs
+ONLY_TWO = 7  # entry 7 built by alice and bob only
+
+
+def leaves_for(name: str) -> list[bytes]:
+    out = [
+        f.leaf(i, nar_seed="chuck" if (name == "chuck" and i == 2) else "") for i in range(SHARED)
+    ]
+    if name in ("alice", "bob"):
+        out.append(f.leaf(ONLY_TWO))
+    return out
+
+
+@asynccontextmanager
+async def network(tmp_path: Path) -> AsyncIterator[dict[str, Node]]:
+    nodes: dict[str, Node] = {}
+    async with AsyncExitStack() as stack:
+        for name in NAMES:
+            seeds = tuple(pinned(n) for n in nodes.values())
+            config = make_config(tmp_path / name, f.key(name), seeds=seeds)
+            node = await stack.enter_async_context(running(config))
+            nodes[name] = node
+            await node.submit(tuple(leaves_for(name)))
+            await node.sign_checkpoint_now()
+        alice = nodes["alice"]
+        ids = [f.key(n).public_key.log_id() for n in NAMES]
+        with trio.fail_after(30):
+            await alice.wait_until(
+                lambda: all(
+                    alice.store.has_log(i)
+                    and alice.store.log(i).checkpoint() is not None
+                    and alice.store.log(i).size == len(leaves_for(n))
+                    for i, n in zip(ids, NAMES, strict=True)
+                )
+            )
+        yield nodes
+
+
+def write_policy(
+    tmp_path: Path, *, socket: Path | None = None, nodes: tuple[str, ...] = ()
+) -> Path:
+    lines = ["threshold = 3", 'state_file = "state.json"']
+    if socket is not None:
+        lines.append(f'node_socket = "{socket}"')
+    if nodes:
+        lines.append("nodes = [" + ", ".join(json.dumps(n) for n in nodes) + "]")
+    for name in NAMES:
+        lines += [
+            "[[builders]]",
+            f'name = "{name}"',
+            f'public_key = "{f.key(name).public_key.to_base64()}"',
+        ]
+    path = tmp_path / "policy.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def test_three_of_four_decide_with_a_dissenter_over_both_transports(tmp_path: Path) -> None:
+    async with network(tmp_path) as nodes:
+        alice = nodes["alice"]
+        for policy_path in (
+            write_policy(tmp_path, socket=alice.config.socket_path),
+            write_policy(tmp_path, nodes=(pinned(alice),)),
+        ):
+            policy = load_policy(policy_path)
+            sources: list[Source] = (
+                [ControlSource(str(alice.config.socket_path))]
+                if policy.node_socket
+                else [NoiseSource(policy.nodes[0])]
+            )
+            client = LightClient(policy, sources, ClientState.load(policy))
+            try:
+                d = await client.decide(f.entry(2).out_path)
+                assert d.trusted and d.agreed == ("alice", "bob", "dan")
+                assert [n for n, _ in d.dissented] == ["chuck"]
+                assert d.nar_hash == f.entry(2).nar_hash
+                d = await client.decide(f.entry(ONLY_TWO).out_path)
+                assert not d.trusted and d.agreed == ("alice", "bob")
+                assert d.missing == ("chuck", "dan")
+                # A hash part names the same path.
+                part = f.entry(0).out_path.split("/")[-1][:32]
+                d = await client.decide(f"/nix/store/{part}")
+                assert d.trusted and d.store_path == f.entry(0).out_path
+                assert client.problems == []
+            finally:
+                await client.aclose()
+            state = json.loads(policy.state_file.read_text())
+            assert len(state["checkpoints"]) == 4
+
+
+@attrs.define
+class Liar:
+    """An honest source whose answers are tampered with in one way."""
+
+    honest: Source
+    how: str
+    name: str = "liar"
+
+    async def path_hits(self, out_path: str) -> list[Hit]:
+        hits = await self.honest.path_hits(out_path)
+        if self.how == "forged-entry":
+            return [attrs.evolve(h, leaf=f.leaf(2, nar_seed="forged")) for h in hits]
+        if self.how == "bad-proof":
+            return [
+                attrs.evolve(h, proof=(bytes(32), *h.proof[1:])) if h.proof else h for h in hits
+            ]
+        return hits
+
+    async def consistency(self, log_id: bytes, old: int, new: int) -> Proof:
+        proof = await self.honest.consistency(log_id, old, new)
+        if self.how == "inconsistent":
+            return attrs.evolve(proof, proof=tuple(bytes(32) for _ in proof.proof) or (bytes(32),))
+        return proof
+
+    async def aclose(self) -> None:
+        await self.honest.aclose()
+
+
+@pytest.mark.parametrize("how", ["forged-entry", "bad-proof", "inconsistent"])
+async def test_a_lying_node_is_detected_and_routed_around(tmp_path: Path, how: str) -> None:
+    async with network(tmp_path) as nodes:
+        alice = nodes["alice"]
+        policy = load_policy(write_policy(tmp_path, socket=alice.config.socket_path))
+        honest = ControlSource(str(alice.config.socket_path))
+        state = ClientState.load(policy)
+        if how == "inconsistent":
+            # The client's cache holds each log's first checkpoint; the builders then grow,
+            # so checking the node's newer checkpoint needs a consistency proof (which lies).
+            warmup = LightClient(policy, [honest], state)
+            await warmup.decide(f.entry(0).out_path)
+            for name in NAMES:
+                await nodes[name].submit((f.leaf(100 + NAMES.index(name)),))
+                await nodes[name].sign_checkpoint_now()
+            ids = [f.key(n).public_key.log_id() for n in NAMES]
+            with trio.fail_after(30):
+                await alice.wait_until(
+                    lambda: all(
+                        (cp := alice.store.log(i).checkpoint()) is not None
+                        and cp.checkpoint.size == len(leaves_for(n)) + 1
+                        for i, n in zip(ids, NAMES, strict=True)
+                    )
+                )
+        client = LightClient(policy, [Liar(honest, how), ControlSource(honest.socket_path)], state)
+        d = await client.decide(f.entry(2).out_path)
+        assert d.trusted and d.agreed == ("alice", "bob", "dan"), client.problems
+        assert any(line.startswith("liar: ") for line in client.problems), client.problems
+        assert not state.evidence  # a lying node is not the builder's fault
+
+
+async def test_the_decide_command_exits_by_verdict(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with network(tmp_path) as nodes:
+        policy = write_policy(tmp_path, socket=nodes["alice"].config.socket_path)
+        argv = ["decide", "--policy", str(policy), "--json", f.entry(2).out_path]
+        status = await trio.to_thread.run_sync(cli.main, argv)
+        assert status == 0
+        line = json.loads(capsys.readouterr().out.strip())
+        assert set(line) == {
+            "store_path", "trusted", "nar_hash", "agreed", "dissented", "missing", "excluded",
+            "conflicting",
+        }  # fmt: skip
+        assert line["dissented"][0]["name"] == "chuck"
+        argv = ["decide", "--policy", str(policy), f.entry(2).out_path, f.entry(ONLY_TWO).out_path]
+        assert await trio.to_thread.run_sync(cli.main, argv) == 1
+        assert "NOT trusted" in capsys.readouterr().out
+
+
+def test_a_policy_naming_a_key_twice_or_a_bad_threshold_is_refused(tmp_path: Path) -> None:
+    key = f.key("alice").public_key.to_base64()
+    base = 'node_socket = "/tmp/x.sock"\n'
+    twice = base + "threshold = 1\n" + f'[[builders]]\nname = "a"\npublic_key = "{key}"\n' * 1
+    twice += f'[[builders]]\nname = "b"\npublic_key = "{key}"\n'
+    for text, message in (
+        (twice, "name the same key"),
+        (
+            base + "threshold = 0\n" + f'[[builders]]\nname = "a"\npublic_key = "{key}"\n',
+            "between 1 and",
+        ),
+        (
+            base + "threshold = 2\n" + f'[[builders]]\nname = "a"\npublic_key = "{key}"\n',
+            "between 1 and",
+        ),
+        ("threshold = 1\n" + f'[[builders]]\nname = "a"\npublic_key = "{key}"\n', "no node to ask"),
+    ):
+        path = tmp_path / "p.toml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_policy(path)
+    status = cli.main(["decide", "--policy", str(path), "/nix/store/x"])
+    assert status == 2

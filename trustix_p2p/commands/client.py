@@ -1,0 +1,116 @@
+"""`trustix-p2p decide`: should this workstation trust a store path?  (DESIGN §5)
+
+    trustix-p2p decide --policy FILE STORE_PATH... [--json]
+
+A store path may be written in full, as its 32-character hash part, or as a `.drv` file (read
+from the local store) standing for its outputs.  With `--json`, one JSON object a line:
+
+    {"store_path", "trusted", "nar_hash", "agreed", "dissented", "missing", "excluded",
+     "conflicting"}
+
+Exit status: 0 if every path is trusted, 1 if any is not, 2 on a usage or policy error.
+Problems met on the way (a node that lied, evidence found) go to stderr, one line each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import trio
+
+from trustix_p2p.client.light import LightClient, sources_for
+from trustix_p2p.client.policy import load_policy
+from trustix_p2p.client.state import ClientState
+from trustix_p2p.core.decision import Decision
+from trustix_p2p.core.nix32 import format_nar_hash
+from trustix_p2p.core.storepath import DEFAULT_STORE_DIR
+from trustix_p2p.errors import ConfigError, DecodeError
+
+__all__ = ["register", "resolve_paths"]
+
+_NIX32 = set("0123456789abcdfghijklmnpqrsvwxyz")
+
+
+def resolve_paths(args: list[str], store_dir: str = DEFAULT_STORE_DIR) -> list[str]:
+    """Full store paths (or `<store>/<hash part>` for a bare hash) for each argument."""
+    out: list[str] = []
+    for arg in args:
+        if len(arg) == 32 and set(arg) <= _NIX32:
+            out.append(f"{store_dir}/{arg}")
+            continue
+        if not arg.startswith(store_dir + "/"):
+            raise ConfigError(f"{arg!r} is neither a store path under {store_dir} nor a hash part")
+        if arg.endswith(".drv"):
+            from trustix_p2p.nix.drv import read_derivation
+
+            try:
+                drv = read_derivation(arg)
+            except (OSError, DecodeError) as exc:
+                raise ConfigError(f"cannot read the derivation {arg}: {exc}") from exc
+            paths = list(drv.output_paths().values())
+            if not paths:
+                raise ConfigError(f"the derivation {arg} has no fixed output paths")
+            out += paths
+            continue
+        out.append(arg)
+    return out
+
+
+def _table(decisions: list[Decision]) -> str:
+    lines = []
+    for d in decisions:
+        verdict = "trusted" if d.trusted else "NOT trusted"
+        lines.append(f"{d.store_path}: {verdict}")
+        if d.nar_hash is not None:
+            lines.append(f"  nar hash    {format_nar_hash(d.nar_hash)}")
+        lines.append(f"  agreed      {', '.join(d.agreed) or '-'}")
+        for name, h in d.dissented:
+            lines.append(f"  dissented   {name} ({format_nar_hash(h)})")
+        if d.missing:
+            lines.append(f"  missing     {', '.join(d.missing)}")
+        for name, reason in d.excluded:
+            lines.append(f"  excluded    {name} ({reason})")
+        if d.conflicting:
+            lines.append(f"  conflicting {', '.join(d.conflicting)}")
+    return "\n".join(lines)
+
+
+async def _decide_all(policy_path: Path, paths: list[str]) -> tuple[list[Decision], list[str]]:
+    policy = load_policy(policy_path)
+    client = LightClient(policy, sources_for(policy), ClientState.load(policy))
+    try:
+        await client.load_node_evidence()
+        decisions = [await client.decide(p) for p in paths]
+    finally:
+        await client.aclose()
+        client.state.save()
+    return decisions, client.problems
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    paths = resolve_paths(args.store_paths)
+    decisions, problems = trio.run(_decide_all, args.policy, paths)
+    for line in problems:
+        print(f"trustix-p2p: {line}", file=sys.stderr)
+    if args.json:
+        for d in decisions:
+            print(json.dumps(d.to_json()))
+    else:
+        print(_table(decisions))
+    return 0 if all(d.trusted for d in decisions) else 1
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "decide",
+        help="decide whether store paths are trusted (M of N builders agree)",
+        description="Ask the policy's nodes, verify every proof, and decide each path: exit 0 "
+        "if all are trusted, 1 if any is not, 2 on a usage or policy error.",
+    )
+    p.add_argument("--policy", type=Path, required=True, help="trust policy (TOML)")
+    p.add_argument("--json", action="store_true", help="one JSON object a line")
+    p.add_argument("store_paths", nargs="+", metavar="STORE_PATH", help="path, hash part or .drv")
+    p.set_defaults(func=cmd_decide)
