@@ -109,9 +109,7 @@ def decide(
     trusted = len(reaching) == 1
     lead = ranked[0][0] if ranked else None
     agreed = tuple(name for name, _ in votes[lead]) if lead is not None else ()
-    dissented = tuple(
-        (name, h) for h, voters in votes.items() if h != lead for name, _ in voters
-    )
+    dissented = tuple((name, h) for h, voters in votes.items() if h != lead for name, _ in voters)
     return Decision(
         store_path,
         trusted,
