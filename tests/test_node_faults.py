@@ -431,7 +431,7 @@ async def test_a_bug_in_a_control_handler_closes_only_that_connection(
 ) -> None:
     sock = node.config.socket_path
 
-    def broken(self: Node) -> None:
+    def broken(self: Node, *args: object) -> None:
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(Node, "status", broken)
