@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.bench_log import make_records
 from trustix_p2p.control.client import ControlClient, submit_leaves
 from trustix_p2p.core.checkpoint import verify_checkpoint
-from trustix_p2p.core.keys import PrivateKey
+from trustix_p2p.core.keys import PrivateKey, PublicKey
 from trustix_p2p.errors import NodeUnavailableError
 from trustix_p2p.gossip import engine as eng
 from trustix_p2p.gossip import messages as m
@@ -309,13 +309,16 @@ def bench_spread(count: int = 20, degree: int = 4, seed: int = 1) -> None:
 
 
 def status_json(d: Path) -> dict[str, dict[str, Any]]:
-    out = subprocess.run(
-        [sys.executable, "-m", "trustix_p2p", "status", "--socket", str(d / "c.sock")],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return {f["log_id"]: f for f in json.loads(out)["follows"]}
+    """Per log: where the head came from and how often it was received (read at once)."""
+    with ControlClient(d / "c.sock", timeout=10) as c:
+        status = c.status()
+    return {
+        f.log_id.hex(): {
+            "head_from": None if f.head_from is None else PublicKey(f.head_from).to_base64(),
+            "head_receipts": f.head_receipts,
+        }
+        for f in status.follows
+    }
 
 
 def main() -> int:

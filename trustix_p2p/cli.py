@@ -32,6 +32,7 @@ _COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "trustix_p2p.commands.config": ("config",),
     "trustix_p2p.commands.client": ("decide",),
     "trustix_p2p.commands.evidence": ("evidence",),
+    "trustix_p2p.commands.reports": ("builders", "r13y"),
 }
 
 

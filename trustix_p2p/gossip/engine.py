@@ -119,6 +119,9 @@ class EngineConfig:
     ban_score: int = -100
     advertise: tuple[str, ...] = ()
     cosign: bool = True
+    # Peers a head learned from another peer is pushed to at once (a head signed here goes to
+    # every peer); the others get it by anti-entropy.
+    push_fanout: int = 2
 
 
 # -- actions ----------------------------------------------------------------------------------
@@ -720,12 +723,19 @@ class Engine:
         if view.head is None or view.evidence:
             return
         head = self._head_message(view)
-        for p in self._peers.values():
-            if p.id == source:
-                continue
-            told = p.told.get(view.log_id)
-            if told is not None and told[1] == view.head_hash:
-                continue
+        targets = [
+            p
+            for p in self._peers.values()
+            if p.id != source
+            and ((told := p.told.get(view.log_id)) is None or told[1] != view.head_hash)
+        ]
+        fanout = self.config.push_fanout
+        if source is not None and len(targets) > fanout:
+            # A head learned from a peer goes to `push_fanout` random others at once; the rest
+            # get it by anti-entropy.  Pushing to every peer makes each node receive it about
+            # as often as it has peers, most of them at the same moment.
+            targets = self.rng.sample(sorted(targets, key=lambda p: p.id), fanout)
+        for p in targets:
             p.told[view.log_id] = (view.head.checkpoint.size, view.head_hash)
             self._pushes.setdefault(p.id, []).append(head)
 
@@ -760,11 +770,13 @@ class Engine:
         now: float,
         out: list[Action],
         head: m.Head | None = None,
+        *,
+        count: bool = True,
     ) -> None:
         digest = _sha(public_key_raw + note)
         if self._seen_before(digest):
             known = self._logs.get(_sha(public_key_raw))
-            if known is not None and digest in known.head_digests:
+            if count and known is not None and digest in known.head_digests:
                 known.head_receipts += 1
             return  # a duplicate: no signature check, no store read
         view = self._view_for(public_key_raw)
@@ -783,7 +795,7 @@ class Engine:
         self._reward(p)
         if body_hash == view.head_hash:
             view.head_digests.add(digest)
-            view.head_receipts += 1
+            view.head_receipts += count
             return
         self._arriving = digest
         ours = view.head
@@ -1266,10 +1278,16 @@ class Engine:
     # -- cosignatures -----------------------------------------------------------------------------
 
     def _on_cosigned(self, p: _Peer, msg: m.Cosigned, now: float, out: list[Action]) -> None:
+        # A node sends its own cosignatures to its peers, which keep them with their head and
+        # serve them in its note; they are not forwarded further (flooding every node's
+        # cosignature of every checkpoint through every link would cost nodes x links).
+        if msg.witness_key != p.key:
+            self._penalise(p.id, 5, "a cosignature by another key than its own", out)
+            return
         digest = _sha(b"cosigned" + msg.witness_key + msg.note + msg.time.to_bytes(8, "big"))
         if self._seen_before(digest):
             return
-        self._on_checkpoint(p, msg.public_key, msg.note, now, out)
+        self._on_checkpoint(p, msg.public_key, msg.note, now, out, count=False)
         view = self._logs.get(_sha(msg.public_key))
         if view is None or view.head is None or p.id not in self._peers:
             return
@@ -1292,7 +1310,6 @@ class Engine:
         view.cosigs[msg.witness_key] = c
         if view.mode != "own":
             view.store.set_head(self._head_note(view))
-        out.extend(Send(q.id, msg) for q in self._peers.values() if q.id != p.id)
 
     # -- evidence ---------------------------------------------------------------------------------
 
