@@ -211,10 +211,14 @@ class Peering:
                     conn = self._conns.get(peer)
                     if conn is None:
                         continue
+                    if conn.closing:
+                        continue  # being dropped: its queue is closed
                     try:
                         conn.outbox.send_nowait(message)
                     except trio.WouldBlock:
                         self._disconnect(conn, "does not read its messages (send queue full)")
+                    except trio.ClosedResourceError:
+                        continue
                 case eng.Disconnect(peer, reason):
                     conn = self._conns.get(peer)
                     if conn is not None:
