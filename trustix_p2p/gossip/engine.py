@@ -119,9 +119,10 @@ class EngineConfig:
     ban_score: int = -100
     advertise: tuple[str, ...] = ()
     cosign: bool = True
-    # Peers a head learned from another peer is pushed to at once (a head signed here goes to
-    # every peer); the others get it by anti-entropy.
-    push_fanout: int = 2
+    # A head learned from a peer is relayed after this many seconds (times 1 to 3, at random):
+    # the peers that send it meanwhile are known to have it and are not sent it again.  A
+    # head signed here goes out at once.
+    relay_delay: float = 0.2
 
 
 # -- actions ----------------------------------------------------------------------------------
@@ -378,8 +379,10 @@ class Engine:
         self._now = now
         # The digest of the head message being judged (so a new head counts its receipts).
         self._arriving = b""
-        # Heads pushed during the event being handled, per peer (sent batched at its end).
+        # Heads pushed during the event being handled, per peer (sent batched at its end), and
+        # heads waiting for their relay time: log id -> (when, head hash).
         self._pushes: dict[int, list[m.Head]] = {}
+        self._relays: dict[bytes, tuple[float, bytes]] = {}
         self._own_id = key.public_key.log_id() if key is not None else None
         self._witness_name = witness_name(key.public_key) if key is not None else None
         self._load(now)
@@ -487,6 +490,8 @@ class Engine:
 
     def next_deadline(self) -> float:
         deadline = self._next_anti_entropy
+        if self._relays:
+            deadline = min(deadline, min(due for due, _ in self._relays.values()))
         for log_id in self._attention:
             view = self._logs[log_id]
             if view.request is not None:
@@ -514,6 +519,8 @@ class Engine:
 
     def _finish(self, out: list[Action]) -> list[Action]:
         """The actions of one event, with the heads pushed during it batched per peer."""
+        if self._relays:
+            self._relay_due(self._now)
         pushes = self._pushes
         if pushes:
             self._pushes = {}
@@ -719,25 +726,40 @@ class Engine:
         return out
 
     def _push(self, view: _Log, source: int | None, out: list[Action]) -> None:
-        """Send the head once to every peer not known to have it, never back to its source."""
+        """Send the head once to every peer not known to have it, never back to its source.
+
+        A head signed here goes at once; one learned from a peer after `relay_delay`, so that
+        the copies its other peers send in the meantime (flooding delivers most of them at
+        about the same moment) spare them a copy from us.
+        """
+        if view.head is None or view.evidence:
+            return
+        if source is not None and self.config.relay_delay > 0:
+            delay = self.config.relay_delay * (1 + 2 * self.rng.random())
+            self._relays[view.log_id] = (self._now + delay, view.head_hash)
+            return
+        self._send_head(view)
+
+    def _send_head(self, view: _Log) -> None:
         if view.head is None or view.evidence:
             return
         head = self._head_message(view)
-        targets = [
-            p
-            for p in self._peers.values()
-            if p.id != source
-            and ((told := p.told.get(view.log_id)) is None or told[1] != view.head_hash)
-        ]
-        fanout = self.config.push_fanout
-        if source is not None and len(targets) > fanout:
-            # A head learned from a peer goes to `push_fanout` random others at once; the rest
-            # get it by anti-entropy.  Pushing to every peer makes each node receive it about
-            # as often as it has peers, most of them at the same moment.
-            targets = self.rng.sample(sorted(targets, key=lambda p: p.id), fanout)
-        for p in targets:
+        for p in self._peers.values():
+            told = p.told.get(view.log_id)
+            if told is not None and told[1] == view.head_hash:
+                continue  # it sent us this head, or we sent it: never twice, never back
             p.told[view.log_id] = (view.head.checkpoint.size, view.head_hash)
             self._pushes.setdefault(p.id, []).append(head)
+
+    def _relay_due(self, now: float) -> None:
+        """Relay the heads whose delay is over (and that are still the head)."""
+        for log_id, (due, head_hash) in sorted(self._relays.items()):
+            if due > now:
+                continue
+            del self._relays[log_id]
+            view = self._logs.get(log_id)
+            if view is not None and view.head_hash == head_hash:
+                self._send_head(view)
 
     def _view_for(self, public_key_raw: bytes) -> _Log | None:
         log_id = _sha(public_key_raw)
