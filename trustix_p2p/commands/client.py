@@ -1,4 +1,10 @@
-"""`trustix-p2p decide`: should this workstation trust a store path?  (DESIGN §5)
+"""`trustix-p2p decide` and `trustix-p2p cache-proxy`: the workstation's commands.  (DESIGN §5, §8)
+
+    trustix-p2p cache-proxy --policy FILE --listen 127.0.0.1:PORT --nix-key FILE
+
+serves the real `nix` a binary cache (`substituters = http://127.0.0.1:PORT`) that answers only
+for store paths the policy trusts, decided by the light client (`trustix_p2p.proxy.app`); the
+NARs come from the policy's `upstreams`, re-hashed as they stream.
 
     trustix-p2p decide --policy FILE STORE_PATH... [--json]
 
@@ -15,7 +21,9 @@ Problems met on the way (a node that lied, evidence found) go to stderr, one lin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -30,6 +38,8 @@ from trustix_p2p.core.storepath import DEFAULT_STORE_DIR
 from trustix_p2p.errors import ConfigError, DecodeError
 
 __all__ = ["register", "resolve_paths"]
+
+log = logging.getLogger("trustix_p2p.proxy")
 
 _NIX32 = set("0123456789abcdfghijklmnpqrsvwxyz")
 
@@ -103,6 +113,44 @@ def cmd_decide(args: argparse.Namespace) -> int:
     return 0 if all(d.trusted for d in decisions) else 1
 
 
+async def _serve_cache_proxy(policy_path: Path, listen: str, key_file: Path) -> None:
+    from trustix_p2p.commands.proxy import load_nix_key_file
+    from trustix_p2p.proxy.app import CacheProxy
+    from trustix_p2p.proxy.serve import serve_proxy
+
+    policy = load_policy(policy_path)
+    if not policy.upstreams:
+        raise ConfigError("policy: the cache proxy needs upstreams to fetch NARs from")
+    key = load_nix_key_file(key_file)
+    client = LightClient(policy, sources_for(policy), ClientState.load(policy))
+    lock = trio.Lock()  # one decision at a time: the client's state is not shared safely
+
+    async def decide(store_path: str) -> Decision:
+        async with lock:
+            decision = await client.decide(store_path)
+            for line in client.problems:
+                log.warning("%s", line)
+            client.problems.clear()
+            return decision
+
+    await client.load_node_evidence()
+    app = CacheProxy(decide, policy.upstreams, key)
+    try:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_proxy, app, listen)
+            log.info("cache proxy on %s (nix.conf: substituters = %s)", url, url)
+    finally:
+        await client.aclose()
+        client.state.save()
+
+
+def cmd_cache_proxy(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: a normal way to stop it
+        trio.run(_serve_cache_proxy, args.policy, args.listen, args.nix_key)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "decide",
@@ -114,3 +162,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object a line")
     p.add_argument("store_paths", nargs="+", metavar="STORE_PATH", help="path, hash part or .drv")
     p.set_defaults(func=cmd_decide)
+
+    p = sub.add_parser(
+        "cache-proxy",
+        help="serve nix a binary cache that answers only for trusted store paths",
+    )
+    p.add_argument("--policy", type=Path, required=True, help="trust policy (TOML)")
+    p.add_argument("--listen", required=True, help="host:port, e.g. 127.0.0.1:8080")
+    p.add_argument("--nix-key", type=Path, required=True, help="Nix signing key (nix-keygen)")
+    p.set_defaults(func=cmd_cache_proxy)

@@ -1,0 +1,63 @@
+"""Run the cache proxy's ASGI app under hypercorn's trio worker (`hypercorn.trio.serve`).
+
+Hypercorn speaks HTTP/1.1 to Nix (Nix 2.8 never uses HTTP/2 over plain http, notes §5.2) and,
+when the app returns without finishing a body, closes the connection short of its
+`Content-Length`: that is how the proxy cuts off a NAR whose bytes do not match.
+
+Only this module knows about hypercorn; it logs through the `trustix_p2p.proxy.server` logger
+and keeps access logs off unless asked (Nix makes a request per path, which would drown the
+log of a workstation).
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import hypercorn.trio
+import trio
+from hypercorn.config import Config
+from hypercorn.typing import ASGIFramework
+
+from trustix_p2p.errors import ConfigError
+
+__all__ = ["hypercorn_config", "parse_listen", "serve_proxy"]
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """`host:port` or `[v6 address]:port` (port 0: any free port) as (host, port)."""
+    host, sep, port_text = listen.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ConfigError(f"listen address {listen!r} must look like host:port")
+    return host, int(port_text)
+
+
+def hypercorn_config(listen: str, *, access_log: bool = False) -> Config:
+    host, port = parse_listen(listen)
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.errorlog = logging.getLogger("trustix_p2p.proxy.server")
+    config.accesslog = logging.getLogger("trustix_p2p.proxy.access") if access_log else None
+    config.include_server_header = False
+    return config
+
+
+async def serve_proxy(
+    app: ASGIFramework,
+    listen: str,
+    *,
+    access_log: bool = False,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `app` (a `CacheProxy`, or any ASGI 3 app) on `listen` until cancelled.
+
+    `task_status.started` gets the base URL actually bound (`http://127.0.0.1:40123`), the
+    value for nix.conf `substituters`, so port 0 can be used.  The bind happens before
+    `started`, so a busy port fails the `nursery.start` call itself.
+    """
+    config = hypercorn_config(listen, access_log=access_log)
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(partial(hypercorn.trio.serve, app, config))
+        task_status.started(binds[0])
