@@ -93,11 +93,13 @@ class NodeLied(TrustixError):
 
 @attrs.define
 class ControlSource:
-    """A local node, over its control socket (blocking client calls in a worker thread)."""
+    """A local node, over its control socket: blocking client calls in worker threads, over
+    connections kept open between calls (a pool, so concurrent decisions do not queue)."""
 
     socket_path: str
     timeout: float = 10.0
     name: str = ""
+    _idle: list[object] = attrs.field(factory=list)
 
     def __attrs_post_init__(self) -> None:
         self.name = self.name or f"node at {self.socket_path}"
@@ -105,11 +107,22 @@ class ControlSource:
     async def _call(self, method: str, *args: object) -> object:
         from trustix_p2p.control.client import ControlClient
 
-        def run() -> object:
-            with ControlClient(self.socket_path, self.timeout) as client:
-                return getattr(client, method)(*args)
+        client = self._idle.pop() if self._idle else None
 
-        return await trio.to_thread.run_sync(run)
+        def run() -> tuple[object, object]:
+            c = client if client is not None else ControlClient(self.socket_path, self.timeout)
+            try:
+                return c, getattr(c, method)(*args)
+            except BaseException:
+                c.close()  # type: ignore[attr-defined]
+                raise
+
+        used, result = await trio.to_thread.run_sync(run)
+        if len(self._idle) < 16:
+            self._idle.append(used)
+        else:
+            used.close()  # type: ignore[attr-defined]
+        return result
 
     async def path_hits(self, out_path: str) -> list[Hit]:
         hits = await self._call("lookup", out_path)
@@ -126,7 +139,8 @@ class ControlSource:
         return [str(await self._call("evidence", row.id)) for row in rows]
 
     async def aclose(self) -> None:
-        return None
+        while self._idle:
+            self._idle.pop().close()  # type: ignore[attr-defined]
 
 
 @attrs.define
@@ -139,6 +153,8 @@ class NoiseSource:
     name: str = ""
     _connection: object | None = None
     _scope: trio.CancelScope | None = None
+    # One request at a time on the connection: replies are matched by arriving next.
+    _lock: trio.Lock = attrs.field(factory=trio.Lock)
 
     def __attrs_post_init__(self) -> None:
         self.name = self.name or f"node {self.address}"
@@ -153,6 +169,11 @@ class NoiseSource:
         return self._connection
 
     async def _ask(self, request: object, reply_type: type) -> object:
+
+        async with self._lock:
+            return await self._ask_locked(request, reply_type)
+
+    async def _ask_locked(self, request: object, reply_type: type) -> object:
         from trustix_p2p.gossip import messages as m
         from trustix_p2p.transport import Connection
 
@@ -218,6 +239,10 @@ class LightClient:
     problems: list[str] = attrs.field(factory=list)
     # Builders excluded by verified evidence, and why.
     excluded: dict[bytes, str] = attrs.field(factory=dict)
+    # Checkpoint notes already verified (by exact bytes and key), and the checkpoint sizes
+    # already found consistent with the cached one: one check each per run, not per path.
+    _verified: dict[tuple[bytes, bytes], SignedCheckpoint] = attrs.field(factory=dict)
+    _consistent: set[tuple[bytes, bytes]] = attrs.field(factory=set)
 
     def __attrs_post_init__(self) -> None:
         self._refresh_exclusions()
@@ -309,6 +334,22 @@ class LightClient:
             full_path, self.policy.decision_builders(), self.policy.threshold, by_key, self.excluded
         )
 
+    async def decide_many(
+        self, store_paths: Sequence[str], concurrency: int = 16
+    ) -> list[Decision]:
+        """Decide many paths, `concurrency` at a time (answers in the order asked)."""
+        results: list[Decision | None] = [None] * len(store_paths)
+        limiter = trio.CapacityLimiter(concurrency)
+
+        async def one(i: int, path: str) -> None:
+            async with limiter:
+                results[i] = await self.decide(path)
+
+        async with trio.open_nursery() as nursery:
+            for i, path in enumerate(store_paths):
+                nursery.start_soon(one, i, path)
+        return [r for r in results if r is not None]
+
     def _key_of(self, log_id: bytes) -> bytes:
         builder = self.policy.builder_for_log(log_id)
         assert builder is not None
@@ -319,12 +360,26 @@ class LightClient:
     ) -> Entry | None:
         if hit.note is None:
             return None  # not yet covered by a checkpoint: not provable, not counted
-        try:
-            signed = verify_checkpoint(hit.note, builder.public_key)
-        except (DecodeError, VerificationError) as exc:
-            raise NodeLied(f"{builder.name}: a checkpoint that does not verify ({exc})") from exc
-        self._check_witnesses(builder, signed)
-        await self._check_consistent(source, builder, signed)
+        key = (hit.note, builder.public_key.raw)
+        signed = self._verified.get(key)
+        if signed is None:
+            try:
+                signed = verify_checkpoint(hit.note, builder.public_key)
+            except (DecodeError, VerificationError) as exc:
+                raise NodeLied(
+                    f"{builder.name}: a checkpoint that does not verify ({exc})"
+                ) from exc
+            self._check_witnesses(builder, signed)
+            if len(self._verified) > 4096:
+                self._verified.clear()
+            self._verified[key] = signed
+        body = signed.checkpoint.body()
+        cached = self.state.checkpoint(builder)
+        if cached is None or (cached.checkpoint.body(), body) not in self._consistent:
+            await self._check_consistent(source, builder, signed)
+            after = self.state.checkpoint(builder)
+            if after is not None:
+                self._consistent.add((after.checkpoint.body(), body))
         cp = signed.checkpoint
         try:
             merkle.verify_inclusion(

@@ -93,7 +93,7 @@ async def _decide_all(policy_path: Path, paths: list[str]) -> tuple[list[Decisio
     client = LightClient(policy, sources_for(policy), ClientState.load(policy))
     try:
         await client.load_node_evidence()
-        decisions = [await client.decide(p) for p in paths]
+        decisions = await client.decide_many(paths)
     finally:
         await client.aclose()
         client.state.save()
