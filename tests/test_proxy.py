@@ -636,22 +636,25 @@ async def test_the_compression_field_decides_and_unsupported_ones_fall_through(
 ) -> None:
     nar = nar_of(os.urandom(1000))
     entry = entry_for(path_of(HASH_A), nar)
-    # gzip (no suffix, notes §5.7) is not supported: that upstream is passed over.
-    gzip_file = publish(tmp_path / "gzip", entry.out_path, nar, compression="none")
+    # gzip (no suffix, notes §5.7) is not supported: that upstream is passed over, although
+    # its file (really uncompressed, named .nar) would have passed had the suffix decided.
+    publish(tmp_path / "gzip", entry.out_path, nar, compression="none")
     text = (tmp_path / "gzip" / f"{HASH_A}.narinfo").read_text()
     (tmp_path / "gzip" / f"{HASH_A}.narinfo").write_text(
         text.replace("Compression: none", "Compression: gzip")
     )
-    assert gzip_file.exists()
     # No Compression line at all: Nix's suffixes say xz (not the documented bzip2 default).
     publish(tmp_path / "bare", entry.out_path, nar, compression="xz")
     text = (tmp_path / "bare" / f"{HASH_A}.narinfo").read_text()
     (tmp_path / "bare" / f"{HASH_A}.narinfo").write_text(text.replace("Compression: xz\n", ""))
     decide = FakeDecide({entry.out_path: trusted(entry)})
-    upstreams = [(tmp_path / "gzip").as_uri(), (tmp_path / "bare").as_uri()]
-    async with proxy_for(decide, upstreams) as (proxy, client):
-        info = parse_narinfo((await client.get(f"/{HASH_A}.narinfo")).text)
-        assert (await client.get(f"/{info.url}")).content == nar
+    gzip_cache = StaticCache(tmp_path / "gzip")
+    async with running(gzip_cache) as gzip_url:
+        upstreams = [gzip_url, (tmp_path / "bare").as_uri()]
+        async with proxy_for(decide, upstreams) as (proxy, client):
+            info = parse_narinfo((await client.get(f"/{HASH_A}.narinfo")).text)
+            assert (await client.get(f"/{info.url}")).content == nar
+    assert gzip_cache.requests == [f"/{HASH_A}.narinfo"]
     assert proxy.stats.upstream_nar_failures == {}
 
 
@@ -661,9 +664,14 @@ async def test_a_client_that_goes_away_stops_the_upstream_transfer(tmp_path: Pat
     publish(tmp_path, entry.out_path, nar, compression="none")
     decide = FakeDecide({entry.out_path: trusted(entry)})
     async with proxy_for(decide, [tmp_path.as_uri()], hold_back=0) as (proxy, client):
-        async with client.stream("GET", f"/{nar_url(HASH_A, entry.nar_hash)}") as response:
-            async for _ in response.aiter_raw():
-                break
+        # A raw client that reads the start of the body, then hangs up.
+        host, port = str(client.base_url.host), client.base_url.port
+        assert port is not None
+        stream = await trio.open_tcp_stream(host, port)
+        request = f"GET /{nar_url(HASH_A, entry.nar_hash)} HTTP/1.1\r\nHost: x\r\n\r\n"
+        await stream.send_all(request.encode())
+        assert b"200" in await stream.receive_some(65536)
+        await stream.aclose()
         with trio.fail_after(10):
             while proxy.stats.nars_interrupted == 0:
                 await trio.sleep(0.01)

@@ -45,7 +45,9 @@ Bounds: the request path is at most 512 bytes and every hash part is validated b
 work; an upstream narinfo is at most 64 KiB; every upstream answer and every read of a NAR
 stream is bounded by `upstream_timeout` (and so is `decide`); decompression yields at most
 64 KiB per step whatever the ratio (an xz or zstd bomb cannot make the proxy buffer more);
-the decision and narinfo caches are bounded in entries.  Decisions and upstream narinfo
+the decision and narinfo caches are bounded in entries.  Decompression and hashing run on
+the trio thread, but in steps of at most 64 KiB each followed by a send (a checkpoint), so one
+large NAR does not hold up other requests for long.  Decisions and upstream narinfo
 lookups are cached for `decision_ttl` seconds and computed once for concurrent requests
 (single flight), so a burst of Nix requests costs one decision.
 

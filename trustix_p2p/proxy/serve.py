@@ -20,6 +20,7 @@ from hypercorn.config import Config
 from hypercorn.typing import ASGIFramework
 
 from trustix_p2p.errors import ConfigError
+from trustix_p2p.proxy.app import CacheProxy
 
 __all__ = ["hypercorn_config", "parse_listen", "serve_proxy"]
 
@@ -58,6 +59,13 @@ async def serve_proxy(
     `started`, so a busy port fails the `nursery.start` call itself.
     """
     config = hypercorn_config(listen, access_log=access_log)
-    async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(partial(hypercorn.trio.serve, app, config))
-        task_status.started(binds[0])
+    try:
+        async with trio.open_nursery() as nursery:
+            binds: list[str] = await nursery.start(partial(hypercorn.trio.serve, app, config))
+            task_status.started(binds[0])
+    finally:
+        # Cancellation (how trio programs stop) skips the ASGI lifespan shutdown, so the
+        # proxy's upstream connections are closed here; shielded, and bounded.
+        if isinstance(app, CacheProxy):
+            with trio.move_on_after(5, shield=True):
+                await app.aclose()
