@@ -687,6 +687,8 @@ class CacheProxy:
         # (upstream, hash part) -> until when: upstreams whose NAR just failed are tried last.
         self._failed: dict[tuple[int, str], float] = {}
         self.stats = ProxyStats()
+        # Signed narinfo bodies by decided entry (an entry names path, hash, size, references).
+        self._rendered: dict[Entry, bytes] = {}
 
     async def aclose(self) -> None:
         """Close the HTTP client if this proxy made it."""
@@ -775,6 +777,16 @@ class CacheProxy:
         if entry is None:
             await self._not_found(send, "narinfo", head)
             return
+        body = self._rendered.get(entry)
+        if body is None:
+            body = self._render(hash_part, entry)
+            if len(self._rendered) >= MAX_CACHE_ENTRIES:
+                self._rendered.clear()
+            self._rendered[entry] = body
+        await self._respond(send, "narinfo", 200, body, head=head)
+
+    def _render(self, hash_part: str, entry: Entry) -> bytes:
+        """The signed narinfo of a decided entry (kept per entry: signing is the costly part)."""
         info = NarInfo(
             store_path=entry.out_path,
             url=nar_url(hash_part, entry.nar_hash),
@@ -784,7 +796,7 @@ class CacheProxy:
             references=entry.references,
             deriver=posixpath.basename(entry.deriver) if entry.deriver else "",
         ).signed(self._key, self._store_dir)
-        await self._respond(send, "narinfo", 200, render_narinfo(info).encode("ascii"), head=head)
+        return render_narinfo(info).encode("ascii")
 
     async def _resolve(self, hash_part: str) -> Entry | None:
         """The decided entry for the path `hash_part` names, if trusted and fetchable."""
