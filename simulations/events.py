@@ -179,8 +179,7 @@ class EventNetwork:
                     )
                 case eng.Accepted(_log, size, _h, source):
                     self.trace.append((self.now, node.index, f"head {size} from {source}"))
-                case _:
-                    pass
+                # Peers learned and entries synced change nothing here: the graph is fixed.
 
     def _deliver(self, node: SimNode, peer: int, message: wire.Message) -> None:
         if peer not in node.links:

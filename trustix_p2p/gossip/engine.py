@@ -1039,18 +1039,31 @@ class Engine:
             return view.head.note
         return view.store.checkpoint_of_size(size)
 
-    def _on_consistency(self, p: _Peer, msg: m.Consistency, now: float, out: list[Action]) -> None:
-        view = self._logs.get(msg.log_id)
+    def _asked(
+        self, p: _Peer, log_id: bytes, kind: str, old: int, out: list[Action]
+    ) -> tuple[_Log, _Request] | None:
+        """The log and request a reply answers, or None (and a penalty) if it was not asked."""
+        view = self._logs.get(log_id)
         request = view.request if view is not None else None
         if (
             view is None
             or request is None
-            or request.peer != p.id
-            or request.kind != "consistency"
-            or request.old != msg.old_size
+            or (request.peer, request.kind, request.old)
+            != (
+                p.id,
+                kind,
+                old,
+            )
         ):
-            self._penalise(p.id, 5, "unsolicited consistency proof", out)
+            self._penalise(p.id, 5, f"unsolicited {kind} reply", out)
+            return None
+        return view, request
+
+    def _on_consistency(self, p: _Peer, msg: m.Consistency, now: float, out: list[Action]) -> None:
+        found = self._asked(p, msg.log_id, "consistency", msg.old_size, out)
+        if found is None:
             return
+        view, request = found
         view.request = None
         self._attention.add(view.log_id)
         try:
@@ -1207,17 +1220,10 @@ class Engine:
         return m.Entries(msg.log_id, msg.start, tuple(leaves), note, tuple(proof))
 
     def _on_entries(self, p: _Peer, msg: m.Entries, now: float, out: list[Action]) -> None:
-        view = self._logs.get(msg.log_id)
-        request = view.request if view is not None else None
-        if (
-            view is None
-            or request is None
-            or request.peer != p.id
-            or request.kind != "entries"
-            or request.old != msg.start
-        ):
-            self._penalise(p.id, 5, "unsolicited entries", out)
+        found = self._asked(p, msg.log_id, "entries", msg.start, out)
+        if found is None:
             return
+        view, request = found
         view.request, view.next_request = view.next_request, None
         self._attention.add(view.log_id)
         lg = view.store

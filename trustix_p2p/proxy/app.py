@@ -977,8 +977,9 @@ class CacheProxy:
 
     @staticmethod
     async def _watch_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
+        message = await receive()
+        while message["type"] != "http.disconnect":  # a GET has no body to wait for
+            message = await receive()
         scope.cancel()
 
     async def _stream_nar(
