@@ -213,3 +213,38 @@ def test_a_policy_naming_a_key_twice_or_a_bad_threshold_is_refused(tmp_path: Pat
             load_policy(path)
     status = cli.main(["decide", "--policy", str(path), "/nix/store/x"])
     assert status == 2
+
+
+async def test_witness_cosignatures_are_required_when_the_policy_asks(tmp_path: Path) -> None:
+    async with network(tmp_path) as nodes:
+        alice = nodes["alice"]
+        path = write_policy(tmp_path, socket=alice.config.socket_path)
+        base = path.read_text()
+        # Alice's node cosigns every head it accepted and gathers its peers' cosignatures.
+        with trio.fail_after(30):
+            await alice.wait_until(
+                lambda: all(
+                    (info := alice.engine.log_info(f.key(n).public_key.log_id())) is not None
+                    and info.cosignatures >= 2
+                    for n in ("bob", "dan")
+                )
+            )
+        for witnesses, k, trusted in ((("alice", "bob"), 1, True), (("stranger",), 1, False)):
+            lines = [f"witness_threshold = {k}"]
+            for name in witnesses:
+                key = f.key(name.strip()).public_key.to_base64()
+                lines += ["[[witnesses]]", f'name = "w-{name.strip()}"', f'public_key = "{key}"']
+            path.write_text(lines[0] + "\n" + base + "\n".join(lines[1:]) + "\n")
+            policy = load_policy(path)
+            state = tmp_path / "state.json"
+            state.unlink(missing_ok=True)
+            client = LightClient(
+                policy, [ControlSource(str(alice.config.socket_path))], ClientState.load(policy)
+            )
+            d = await client.decide(f.entry(0).out_path)
+            if trusted:
+                # Each log's head at Alice's node is cosigned by Alice or by Bob.
+                assert "bob" in d.agreed and "dan" in d.agreed, client.problems
+            else:
+                assert not d.trusted and d.agreed == ()
+                assert any("witness cosignatures" in p for p in client.problems), client.problems
