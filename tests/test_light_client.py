@@ -248,3 +248,28 @@ async def test_witness_cosignatures_are_required_when_the_policy_asks(tmp_path: 
             else:
                 assert not d.trusted and d.agreed == ()
                 assert any("witness cosignatures" in p for p in client.problems), client.problems
+
+
+def test_store_path_arguments_may_be_hash_parts_or_derivations(tmp_path: Path) -> None:
+    import subprocess
+    import uuid
+
+    from tests.nix import nix_env, require_nix
+    from trustix_p2p.commands.client import resolve_paths
+
+    part = f.entry(0).out_path.split("/")[-1][:32]
+    assert resolve_paths([part]) == [f"/nix/store/{part}"]
+    assert resolve_paths([f.entry(0).out_path]) == [f.entry(0).out_path]
+    with pytest.raises(ConfigError, match="neither a store path"):
+        resolve_paths(["/tmp/not-a-store-path"])
+    require_nix()
+    expr = (
+        'derivation { name = "two-outputs"; system = builtins.currentSystem; builder = "/bin/sh";'
+        f' outputs = [ "out" "dev" ]; args = [ "-c" "true" ]; nonce = "{uuid.uuid4().hex}"; }}'
+    )
+    drv = subprocess.run(
+        ["nix-instantiate", "-E", expr], capture_output=True, text=True, env=nix_env(), check=True
+    ).stdout.strip()
+    outputs = resolve_paths([drv])
+    assert len(outputs) == 2
+    assert all(p.startswith("/nix/store/") and "two-outputs" in p for p in outputs)
