@@ -156,14 +156,18 @@ async def test_a_lying_node_is_detected_and_routed_around(tmp_path: Path, how: s
                 await nodes[name].submit((f.leaf(100 + NAMES.index(name)),))
                 await nodes[name].sign_checkpoint_now()
             ids = [f.key(n).public_key.log_id() for n in NAMES]
-            with trio.fail_after(30):
-                await alice.wait_until(
-                    lambda: all(
-                        (cp := alice.store.log(i).checkpoint()) is not None
-                        and cp.checkpoint.size == len(leaves_for(n)) + 1
-                        for i, n in zip(ids, NAMES, strict=True)
-                    )
+
+            def grown() -> bool:
+                return all(
+                    (cp := alice.store.log(i).checkpoint()) is not None
+                    and cp.checkpoint.size == len(leaves_for(n)) + 1
+                    for i, n in zip(ids, NAMES, strict=True)
                 )
+
+            with trio.move_on_after(60):
+                await alice.wait_until(grown)
+            # Say what Alice's node knew if it did not get there (for a rare CI failure).
+            assert grown(), (alice.engine.logs(), alice.engine.peers(), alice.peering.dropped)
         client = LightClient(policy, [Liar(honest, how), ControlSource(honest.socket_path)], state)
         d = await client.decide(f.entry(2).out_path)
         assert d.trusted and d.agreed == ("alice", "bob", "dan"), client.problems
