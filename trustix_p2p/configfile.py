@@ -138,20 +138,21 @@ def _raise_first(problems: list[tuple[str, str]], file: str | None = None) -> No
     raise ConfigError(message)
 
 
-def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The TOML table in a configuration file, unchecked; `ConfigError` if it has none."""
+def read_toml(path: str | os.PathLike[str], what: str = "configuration") -> dict[str, Any]:
+    """The TOML table in a file of at most 1 MiB, unchecked; `ConfigError` (naming the file
+    as `what`: a node's configuration, a workstation's policy) if it has none."""
     name = os.fspath(path)
     try:
         with open(name, "rb") as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"cannot read configuration {name}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot read {what} {name}: {exc.strerror}") from exc
     if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"configuration {name} is larger than 1 MiB")
+        raise ConfigError(f"{what} {name} is larger than 1 MiB")
     try:
         return tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"configuration {name} is not valid TOML: {exc}") from exc
+        raise ConfigError(f"{what} {name} is not valid TOML: {exc}") from exc
 
 
 def config_dir(path: str | os.PathLike[str]) -> str:

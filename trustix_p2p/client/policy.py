@@ -25,13 +25,13 @@ directory.
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from trustix_p2p.configfile import read_toml
 from trustix_p2p.core.decision import Builder
 from trustix_p2p.core.keys import PublicKey
 from trustix_p2p.errors import ConfigError, DecodeError
@@ -39,7 +39,6 @@ from trustix_p2p.transport.address import parse_peer_address
 
 __all__ = ["Policy", "PolicyBuilder", "load_policy", "policy_from_dict"]
 
-MAX_POLICY_BYTES = 1 << 20
 MAX_BUILDERS = 1024
 _KEYS = {
     "threshold",
@@ -209,17 +208,7 @@ def policy_from_dict(data: dict[str, Any], base: Path, path: Path | None = None)
 
 def load_policy(path: str | os.PathLike[str]) -> Policy:
     p = Path(path)
-    try:
-        with open(p, "rb") as fh:
-            raw = fh.read(MAX_POLICY_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read policy {p}: {exc.strerror}") from exc
-    if len(raw) > MAX_POLICY_BYTES:
-        raise ConfigError(f"policy {p} is larger than 1 MiB")
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"policy {p} is not valid TOML: {exc}") from exc
+    data = read_toml(p, "policy")
     return policy_from_dict(data, p.resolve().parent, p)
 
 
