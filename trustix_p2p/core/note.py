@@ -143,6 +143,11 @@ def format_note(note: Note) -> bytes:
     return (note.text + "\n" + lines).encode("utf-8")
 
 
+def parse_signature_line(line: str) -> NoteSignature:
+    """One signature line (`— <name> <base64>`, without its newline), strictly."""
+    return _parse_signature_line(line)
+
+
 def _parse_signature_line(line: str) -> NoteSignature:
     if not line.startswith(_EM_DASH_PREFIX):
         raise DecodeError("note signature line must start with an em dash and a space")

@@ -49,6 +49,7 @@ import msgpack
 from trustix_p2p.core import evidence as ev
 from trustix_p2p.core import merkle, wire
 from trustix_p2p.core.checkpoint import (
+    Checkpoint,
     Cosignature,
     SignedCheckpoint,
     add_cosignatures,
@@ -60,7 +61,7 @@ from trustix_p2p.core.checkpoint import (
 )
 from trustix_p2p.core.entry import decode_entry
 from trustix_p2p.core.keys import PrivateKey, PublicKey
-from trustix_p2p.core.note import Note, format_note, parse_note
+from trustix_p2p.core.note import Note, format_note, parse_note, parse_signature_line
 from trustix_p2p.errors import (
     DecodeError,
     LocalProtocolError,
@@ -85,7 +86,16 @@ __all__ = [
 ]
 
 MODES: Final = ("mirror", "witness")
+# The newest pieces of evidence a node sends each peer when it connects.
+EVIDENCE_ON_CONNECT: Final = 16
 UNKNOWN_MODES: Final = ("mirror", "witness", "ignore")
+
+
+# What a node answers when asked for entries of a log it does not keep (a peer that says so
+# is not asked again for a while: `not_mirroring_retry`).
+NOT_FOLLOWED: Final = "this node does not follow that log"
+NOT_MIRRORED: Final = "this node does not mirror that log"
+_NOT_MIRRORING: Final = (NOT_FOLLOWED, NOT_MIRRORED)
 
 
 # -- configuration --------------------------------------------------------------------------
@@ -123,6 +133,8 @@ class EngineConfig:
     # the peers that send it meanwhile are known to have it and are not sent it again.  A
     # head signed here goes out at once.
     relay_delay: float = 0.2
+    # A peer that does not mirror a log is not asked for its entries again for this long.
+    not_mirroring_retry: float = 300.0
 
 
 # -- actions ----------------------------------------------------------------------------------
@@ -194,20 +206,46 @@ class Verifier:
         self._max = max_entries
         self._checkpoints: OrderedDict[tuple[bytes, bytes], SignedCheckpoint] = OrderedDict()
         self._evidence: OrderedDict[str, None] = OrderedDict()
+        self._cosignatures: OrderedDict[tuple[bytes, bytes, int, bytes], None] = OrderedDict()
         self.checks = 0
 
     def checkpoint(self, note: bytes, public_key: PublicKey) -> SignedCheckpoint:
-        key = (note, public_key.raw)
-        cached = self._checkpoints.get(key)
+        # Keyed by the body and the first signature line: when that line is the log's own
+        # signature (as in every note this code writes), cosignature lines after it do not
+        # change the answer, so the same checkpoint with other cosignatures is not checked
+        # again, and the note returned is that plain part.  A note whose first line is
+        # another signature is cached (and returned) whole.
+        first = note.find(_SIGNATURE_LINE)
+        end = note.find(b"\n", first + 1) if first >= 0 else -1
+        prefix = note[: end + 1] if end >= 0 else note
+        key = (prefix, public_key.raw)
+        cached = self._checkpoints.get(key) or self._checkpoints.get((note, public_key.raw))
         if cached is not None:
-            self._checkpoints.move_to_end(key)
             return cached
         self.checks += 1
         signed = verify_checkpoint(note, public_key)
+        if plain_note(signed) == prefix:
+            # What the caller gets is the checkpoint with the log's own signature only: the
+            # rest of the note (cosignatures) is not vouched for by this check.
+            signed = SignedCheckpoint(signed.checkpoint, prefix)
+        else:
+            key = (note, public_key.raw)
         self._checkpoints[key] = signed
         if len(self._checkpoints) > self._max:
             self._checkpoints.popitem(last=False)
         return signed
+
+    def cosignature(self, checkpoint: Checkpoint, c: Cosignature, witness: PublicKey) -> None:
+        """Verify a cosignature (VerificationError if invalid)."""
+        key = (checkpoint.body(), witness.raw, c.time, c.signature)
+        if key in self._cosignatures:
+            self._cosignatures.move_to_end(key)
+            return
+        self.checks += 1
+        verify_cosignature(checkpoint, c, witness)
+        self._cosignatures[key] = None
+        if len(self._cosignatures) > self._max:
+            self._cosignatures.popitem(last=False)
 
     def evidence(self, evidence: ev.Evidence) -> str:
         """Verify evidence (VerificationError if invalid); its id."""
@@ -290,6 +328,17 @@ class _Log:
     head_from: bytes | None = None
     head_receipts: int = 0
     head_digests: set[bytes] = attrs.field(factory=set)
+    # Peers that said they do not mirror this log, until when they are not asked for its
+    # entries (kept across heads, unlike `refused`: a witness stays a witness).
+    no_entries: dict[int, float] = attrs.field(factory=dict)
+    # The head's note with the cosignatures gathered (None: to be rebuilt), and whether the
+    # store's copy lags behind it (written at the next tick: cosignatures are not worth a
+    # write each).
+    note_cache: bytes | None = None
+    note_dirty: bool = False
+    # Peers that have this node's cosignature of the head (in a Cosigned message, or in the
+    # note of a head sent them): each gets it once.
+    cosig_to: set[int] = attrs.field(factory=set)
 
 
 @attrs.define(eq=False)
@@ -304,11 +353,14 @@ class _Peer:
     refilled: float
     score: int = 0
     advertised: tuple[str, ...] = ()
-    # What this peer is known to have of each log: (size, body hash) of the last head it
+    # What this peer is known to have of each log: (size, body hash) of the largest head it
     # sent us or we sent it, so nothing is echoed back and anti-entropy sends only news.
     told: dict[bytes, tuple[int, bytes]] = attrs.field(factory=dict)
     messages: int = 0
     bytes_in: int = 0
+    # The name it cosigns under, and the start of its cosignature lines in a note.
+    witness: str = ""
+    cosig_marker: bytes = b""
 
 
 @attrs.frozen
@@ -375,6 +427,11 @@ class Engine:
         self._seen: OrderedDict[bytes, None] = OrderedDict()
         self._evidence: dict[str, EvidenceRecord] = {}
         self._attention: set[bytes] = set()
+        # Logs that want something no connected peer can give yet: out of `_attention` (so a
+        # message does not cost a look at each), back when a peer tells a head of the log, a
+        # refusal expires, or at anti-entropy.
+        self._stalled: set[bytes] = set()
+        self._dirty_notes: set[bytes] = set()
         self._next_anti_entropy = now + config.anti_entropy_interval * rng.uniform(0.5, 1.0)
         self._now = now
         # The digest of the head message being judged (so a new head counts its receipts).
@@ -435,7 +492,7 @@ class Engine:
             view.head_hash = _sha(signed.checkpoint.body())
         self._logs[lg.log_id] = view
         if mode == "mirror" and signed is not None and lg.size < signed.checkpoint.size:
-            self._attention.add(lg.log_id)
+            self._attend_to(lg.log_id)
         return view
 
     def _open(self, public_key: PublicKey, mode: str, name: str | None) -> _Log:
@@ -488,8 +545,17 @@ class Engine:
     def evidence(self) -> list[EvidenceRecord]:
         return sorted(self._evidence.values(), key=lambda r: (r.found_at, r.id))
 
+    def _attend_to(self, log_id: bytes) -> None:
+        self._attention.add(log_id)
+        self._stalled.discard(log_id)
+
     def next_deadline(self) -> float:
         deadline = self._next_anti_entropy
+        for log_id in self._stalled:
+            view = self._logs[log_id]
+            later = [until for until in view.refused.values() if until > self._now]
+            if later:
+                deadline = min(deadline, min(later))
         if self._relays:
             deadline = min(deadline, min(due for due, _ in self._relays.values()))
         for log_id in self._attention:
@@ -509,11 +575,18 @@ class Engine:
     ) -> list[Action]:
         self._now = now
         c = self.config
-        self._peers[peer] = _Peer(
+        p = self._peers[peer] = _Peer(
             peer, key, outbound, address, now, c.peer_message_burst, c.peer_byte_burst, now
         )
+        with contextlib.suppress(TrustixError, ValueError):
+            p.witness = witness_name(PublicKey(key))
+            p.cosig_marker = _SIGNATURE_LINE + p.witness.encode() + b" "
         out: list[Action] = [Send(peer, m.Hello(tuple(c.advertise[:8])))]
         out += self._heads_for(peer, want_reply=True)
+        # Evidence held goes to every new peer: the heads of an exposed log are no longer
+        # pushed, so a node that joins (or comes back) after the exposure learns it so.
+        for record in self.evidence()[-EVIDENCE_ON_CONNECT:]:
+            out.append(Send(peer, ev.to_message(record.evidence)))
         out.append(Send(peer, m.GetPeers()))
         return out
 
@@ -535,7 +608,7 @@ class Engine:
         for view in self._logs.values():
             if view.request is not None and view.request.peer == peer:
                 view.request = view.next_request = None
-                self._attention.add(view.log_id)
+                self._attend_to(view.log_id)
         return self._finish(self._attend(now))
 
     def local_checkpoint(self, signed: SignedCheckpoint, now: float) -> list[Action]:
@@ -567,9 +640,18 @@ class Engine:
             request = view.request
             if request is not None and request.deadline <= now:
                 view.request = view.next_request = None
-                self._attention.add(view.log_id)
+                self._attend_to(view.log_id)
                 self._penalise(request.peer, 5, f"no answer to a {request.kind} request", out)
+        for log_id in sorted(self._stalled):
+            view = self._logs[log_id]
+            if any(until <= now for until in view.refused.values()):
+                view.refused = {p: until for p, until in view.refused.items() if until > now}
+                self._attend_to(log_id)
         if now >= self._next_anti_entropy:
+            for log_id in sorted(self._stalled):
+                self._attend_to(log_id)
+            for log_id in sorted(self._dirty_notes):
+                self._flush_note(log_id)
             interval = self.config.anti_entropy_interval
             self._next_anti_entropy = now + interval * self.rng.uniform(0.9, 1.1)
             if self._peers:
@@ -656,12 +738,14 @@ class Engine:
                 out.append(Send(p.id, m.PathEntries(out_path, tuple(self.path_hits(out_path)))))
             case m.Entries():
                 self._on_entries(p, msg, now, out)
-            case m.NoData(log_id, _reason):
+            case m.NoData(log_id, reason):
                 view = self._logs.get(log_id)
                 if view is not None and view.request is not None and view.request.peer == p.id:
+                    if view.request.kind == "entries" and reason in _NOT_MIRRORING:
+                        view.no_entries[p.id] = now + self.config.not_mirroring_retry
                     view.request = view.next_request = None
                     view.refused[p.id] = now + self.config.retry_after
-                    self._attention.add(log_id)
+                    self._attend_to(log_id)
             case m.Cosigned():
                 self._on_cosigned(p, msg, now, out)
             case ev.EvidenceMessage():
@@ -685,13 +769,26 @@ class Engine:
 
     def _head_note(self, view: _Log) -> bytes:
         assert view.head is not None
+        if view.note_cache is not None:
+            return view.note_cache
         note = plain_note(view.head)
         if view.cosigs:
             with contextlib.suppress(LocalProtocolError):  # too many: serve the plain note
                 note = add_cosignatures(
                     SignedCheckpoint(view.head.checkpoint, note), view.cosigs.values()
                 )
+        view.note_cache = note
         return note
+
+    def _flush_note(self, log_id: bytes) -> None:
+        """Write the head's note with its cosignatures to the store, if it changed."""
+        self._dirty_notes.discard(log_id)
+        view = self._logs.get(log_id)
+        if view is None or not view.note_dirty or view.head is None:
+            return
+        view.note_dirty = False
+        if view.mode != "own":
+            view.store.set_head(self._head_note(view))
 
     def _head_message(self, view: _Log) -> m.Head:
         if view.head_proof is None:
@@ -709,9 +806,12 @@ class Engine:
             if view.head is None or view.evidence:
                 continue
             told = p.told.get(view.log_id)
-            if told is not None and told[1] == view.head_hash:
-                continue
+            if told is not None and (
+                told[1] == view.head_hash or told[0] > view.head.checkpoint.size
+            ):
+                continue  # it has this head, or a larger one
             p.told[view.log_id] = (view.head.checkpoint.size, view.head_hash)
+            view.cosig_to.add(p.id)
             heads.append(self._head_message(view))
         out: list[Action] = []
         for i in range(0, len(heads), m.MAX_HEADS):
@@ -746,9 +846,12 @@ class Engine:
         head = self._head_message(view)
         for p in self._peers.values():
             told = p.told.get(view.log_id)
-            if told is not None and told[1] == view.head_hash:
+            if told is not None and (
+                told[1] == view.head_hash or told[0] > view.head.checkpoint.size
+            ):
                 continue  # it sent us this head, or we sent it: never twice, never back
             p.told[view.log_id] = (view.head.checkpoint.size, view.head_hash)
+            view.cosig_to.add(p.id)
             self._pushes.setdefault(p.id, []).append(head)
 
     def _relay_due(self, now: float) -> None:
@@ -812,12 +915,19 @@ class Engine:
             self._drop(p.id, f"invalid checkpoint for log {view.log_id.hex()[:16]}: {exc}", out)
             return
         body_hash = _sha(signed.checkpoint.body())
-        p.told[view.log_id] = (signed.checkpoint.size, body_hash)
+        told = p.told.get(view.log_id)
+        if told is None or signed.checkpoint.size >= told[0]:
+            # What the peer is known to have: a peer that shows an older checkpoint still
+            # has the newer one it showed before.
+            p.told[view.log_id] = (signed.checkpoint.size, body_hash)
         view.refused.pop(p.id, None)
+        if view.log_id in self._stalled:
+            self._attend_to(view.log_id)
         self._reward(p)
         if body_hash == view.head_hash:
             view.head_digests.add(digest)
             view.head_receipts += count
+            self._exchange_cosignatures(p, view, note, out)
             return
         self._arriving = digest
         ours = view.head
@@ -846,8 +956,75 @@ class Engine:
                 self._learn_prefix(
                     view, signed, head.prev_size, head.prefix_root, head.proof, p.id, now, out
                 )
+                if view.head_hash == body_hash:
+                    self._exchange_cosignatures(p, view, note, out)
                 return
         self._judge(view, signed, p.id, now, out)
+        if view.head_hash == body_hash:
+            self._exchange_cosignatures(p, view, note, out)
+
+    def _exchange_cosignatures(self, p: _Peer, view: _Log, note: bytes, out: list[Action]) -> None:
+        """A peer showed it has our head: keep its own cosignature if its note carries one,
+        and give it ours if it does not have it yet."""
+        if view.head is None or p.id not in self._peers:
+            return
+        if p.cosig_marker and p.cosig_marker in note and p.key not in view.cosigs:
+            self._take_cosignature(p, view, note, out)
+        if (
+            self.key is not None
+            and p.id not in view.cosig_to
+            and (own := view.cosigs.get(self.key.public_key.raw)) is not None
+        ):
+            view.cosig_to.add(p.id)
+            out.append(
+                Send(
+                    p.id,
+                    m.Cosigned(
+                        view.public_key.raw,
+                        view.head.note,
+                        self.key.public_key.raw,
+                        own.time,
+                        own.signature,
+                    ),
+                )
+            )
+
+    def _take_cosignature(self, p: _Peer, view: _Log, note: bytes, out: list[Action]) -> None:
+        """The sender's own cosignature of our head, from the note it sent (one hop: the
+        other cosignatures in it are the sender's business)."""
+        assert view.head is not None
+        # The note verified as a whole already: only the sender's line is read here.
+        start = note.find(p.cosig_marker) + 1
+        end = note.find(b"\n", start)
+        try:
+            witness = PublicKey(p.key)
+            key_id = cosignature_key_id(p.witness, witness)
+            sig = parse_signature_line(note[start:end].decode("utf-8"))
+        except (DecodeError, TrustixError, ValueError):
+            return
+        found = [sig] if sig.key_name == p.witness and sig.key_id == key_id else []
+        for sig in found[:1]:
+            if len(sig.signature) != 72:
+                self._drop(p.id, "invalid cosignature in a note", out)
+                return
+            c = Cosignature(
+                p.witness, key_id, int.from_bytes(sig.signature[:8], "big"), sig.signature[8:]
+            )
+            try:
+                self.verifier.cosignature(view.head.checkpoint, c, witness)
+            except VerificationError:
+                self._drop(p.id, "invalid cosignature in a note", out)
+                return
+            self._attach_cosignature(view, p.key, c)
+
+    def _attach_cosignature(self, view: _Log, witness_key: bytes, c: Cosignature) -> None:
+        if witness_key in view.cosigs or len(view.cosigs) >= 32:
+            return
+        view.cosigs[witness_key] = c
+        view.note_cache = None
+        if view.mode != "own":
+            view.note_dirty = True
+            self._dirty_notes.add(view.log_id)
 
     # -- judging -----------------------------------------------------------------------------------
 
@@ -931,7 +1108,7 @@ class Engine:
         view.pending[key] = (c, source)
         while len(view.pending) > self.config.max_pending_per_log:
             view.pending.popitem(last=False)
-        self._attention.add(view.log_id)
+        self._attend_to(view.log_id)
 
     def _set_head(
         self,
@@ -946,6 +1123,10 @@ class Engine:
         view.head_hash = _sha(c.checkpoint.body())
         view.head_proof = proof
         view.cosigs = {}
+        view.cosig_to = set()
+        view.note_cache = None
+        view.note_dirty = False
+        self._dirty_notes.discard(view.log_id)
         view.refused.clear()
         peer = self._peers.get(source) if source is not None else None
         view.head_from = peer.key if peer is not None else None
@@ -955,7 +1136,7 @@ class Engine:
             view.store.set_head(plain.note)
         out.append(Accepted(view.log_id, c.checkpoint.size, view.head_hash, source))
         if view.mode == "mirror":
-            self._attention.add(view.log_id)
+            self._attend_to(view.log_id)
         if view.mode != "own" and self.key is not None and self.config.cosign:
             self._cosign(view, out)
         self._push(view, source, out)
@@ -966,17 +1147,29 @@ class Engine:
             return
         c = cosign(view.head.checkpoint, self._witness_name, self.key, view.head.checkpoint.time)
         view.cosigs[self.key.public_key.raw] = c
+        view.note_cache = None
+        # To the peers that have this head (they will not be sent it); the others get the
+        # cosignature in the note of the head when it is relayed to them.
         msg = m.Cosigned(
             view.public_key.raw, view.head.note, self.key.public_key.raw, c.time, c.signature
         )
-        out.extend(Send(p.id, msg) for p in self._peers.values())
+        for p in self._peers.values():
+            told = p.told.get(view.log_id)
+            if told is not None and told[1] == view.head_hash:
+                view.cosig_to.add(p.id)
+                out.append(Send(p.id, msg))
 
     # -- consistency ----------------------------------------------------------------------------
 
-    def _pick_peer(self, view: _Log, size: int, prefer: int | None) -> int | None:
-        """A connected peer likely to hold a tree of `size` for this log."""
+    def _pick_peer(
+        self, view: _Log, size: int, prefer: int | None, *, entries: bool = False
+    ) -> int | None:
+        """A connected peer likely to hold a tree of `size` for this log (and its entries)."""
         now = self._now
         refused = {peer for peer, until in view.refused.items() if until > now}
+        if entries and view.no_entries:
+            view.no_entries = {p: until for p, until in view.no_entries.items() if until > now}
+            refused.update(view.no_entries)
         if prefer is not None and prefer in self._peers and prefer not in refused:
             told = self._peers[prefer].told.get(view.log_id)
             if told is not None and told[0] >= size:
@@ -1013,7 +1206,7 @@ class Engine:
     def _serve_consistency(self, msg: m.GetConsistency) -> wire.Message:
         view = self._logs.get(msg.log_id)
         if view is None:
-            return m.NoData(msg.log_id, "this node does not follow that log")
+            return m.NoData(msg.log_id, NOT_FOLLOWED)
         lg = view.store
         old, new = msg.old_size, msg.new_size
         if (
@@ -1065,7 +1258,7 @@ class Engine:
             return
         view, request = found
         view.request = None
-        self._attention.add(view.log_id)
+        self._attend_to(view.log_id)
         try:
             n = self.verifier.checkpoint(msg.note, view.public_key)
         except (DecodeError, VerificationError) as exc:
@@ -1146,7 +1339,7 @@ class Engine:
         target = head.checkpoint.size
         first = view.request
         if first is None:
-            peer = self._pick_peer(view, target, None)
+            peer = self._pick_peer(view, target, None, entries=True)
             if peer is None:
                 return
             count = min(self.config.entries_per_request, target - lg.size, m.MAX_ENTRIES)
@@ -1198,8 +1391,10 @@ class Engine:
 
     def _serve_entries(self, msg: m.GetEntries) -> wire.Message:
         view = self._logs.get(msg.log_id)
-        if view is None or view.mode == "witness":
-            return m.NoData(msg.log_id, "this node does not mirror that log")
+        if view is None:
+            return m.NoData(msg.log_id, NOT_FOLLOWED)
+        if view.mode == "witness":
+            return m.NoData(msg.log_id, NOT_MIRRORED)
         lg = view.store
         target = msg.target_size
         if not msg.start < target <= lg.size:
@@ -1225,7 +1420,7 @@ class Engine:
             return
         view, request = found
         view.request, view.next_request = view.next_request, None
-        self._attention.add(view.log_id)
+        self._attend_to(view.log_id)
         lg = view.store
         if msg.start != lg.size or len(msg.leaves) > request.count:
             # Stale (the store moved meanwhile, or the range before it came back short):
@@ -1299,8 +1494,10 @@ class Engine:
                 and view.head is not None
                 and view.store.size < view.head.checkpoint.size
             )
-            if view.request is None and not view.pending and not syncing:
+            if view.request is None:
                 self._attention.discard(log_id)
+                if view.pending or syncing:
+                    self._stalled.add(log_id)
         return out
 
     # -- cosignatures -----------------------------------------------------------------------------
@@ -1329,15 +1526,11 @@ class Engine:
         name = witness_name(witness)
         c = Cosignature(name, cosignature_key_id(name, witness), msg.time, msg.signature)
         try:
-            verify_cosignature(signed.checkpoint, c, witness)
+            self.verifier.cosignature(signed.checkpoint, c, witness)
         except VerificationError:
             self._drop(p.id, "invalid cosignature", out)
             return
-        if msg.witness_key in view.cosigs or len(view.cosigs) >= 32:
-            return
-        view.cosigs[msg.witness_key] = c
-        if view.mode != "own":
-            view.store.set_head(self._head_note(view))
+        self._attach_cosignature(view, msg.witness_key, c)
 
     # -- evidence ---------------------------------------------------------------------------------
 
@@ -1373,7 +1566,12 @@ class Engine:
             return
         self._record(evidence, source, out)
 
-    def _record(self, evidence: ev.Evidence, source: int | None, out: list[Action]) -> None:
+    def _record(
+        self, evidence: ev.Evidence, source: int | None, out: list[Action], *, relayed: bool = False
+    ) -> None:
+        """Keep verified evidence and send it on: to every peer, but the one it came from
+        when it was relayed (a peer that sent a checkpoint that exposed its log may know only
+        that one view: it needs the evidence too)."""
         ident = ev.evidence_id(evidence)
         if ident in self._evidence:
             return
@@ -1389,7 +1587,8 @@ class Engine:
             view.pending.clear()
         out.append(EvidenceFound(ident, evidence.kind, log_id, source))
         msg = ev.to_message(evidence)
-        out.extend(Send(p.id, msg) for p in self._peers.values() if p.id != source)
+        skip = source if relayed else None
+        out.extend(Send(p.id, msg) for p in self._peers.values() if p.id != skip)
 
     def _on_evidence(
         self, p: _Peer, msg: ev.EvidenceMessage, now: float, out: list[Action]
@@ -1406,7 +1605,7 @@ class Engine:
         log_id = evidence.public_key.log_id()
         if log_id not in self._logs and self.config.follow_unknown != "ignore":
             self._view_for(evidence.public_key.raw)
-        self._record(evidence, p.id, out)
+        self._record(evidence, p.id, out, relayed=True)
 
 
 # -- evidence records in the store --------------------------------------------------------------
