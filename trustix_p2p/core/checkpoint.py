@@ -20,6 +20,7 @@ This module is pure: no I/O, no clock (times are always passed in), no randomnes
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 
@@ -112,9 +113,14 @@ class Checkpoint:
     def body_text(self) -> str:
         return f"{self.origin}\n{self.size}\n{b64encode(self.root)}\ntime {self.time}\n"
 
-    def body(self) -> bytes:
-        """The note text that is signed: exactly four newline-terminated lines."""
+    @functools.cached_property
+    def _body(self) -> bytes:
         return self.body_text().encode("utf-8")
+
+    def body(self) -> bytes:
+        """The note text that is signed: exactly four newline-terminated lines (computed
+        once per checkpoint: gossip compares and hashes it on every receipt)."""
+        return self._body
 
     @property
     def log_id(self) -> bytes:

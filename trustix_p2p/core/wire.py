@@ -567,6 +567,13 @@ class ListOf(Spec):
             raise LocalProtocolError(f"{where}: {size}")
         assert isinstance(value, list | tuple)
         item = self.item
+        if type(item).encode is Spec.encode:
+            problem = item.problem
+            for i, v in enumerate(value):
+                p = problem(v)
+                if p is not None:
+                    raise LocalProtocolError(f"{where}[{i}]: {p}")
+            return list(value)
         return [item.encode(v, f"{where}[{i}]") for i, v in enumerate(value)]
 
 
@@ -724,7 +731,19 @@ def _decode_fields(
 
 
 def _encode_fields(schema: Sequence[tuple[str, Spec]], value: object, where: str) -> list[Any]:
-    return [spec.encode(getattr(value, name), f"{where}.{name}") for name, spec in schema]
+    out: list[Any] = []
+    for name, spec in schema:
+        item = getattr(value, name)
+        if type(spec).encode is Spec.encode:
+            # A leaf spec: check it, and name the field only if it fails (building every
+            # field's name for an error that almost never comes cost more than the check).
+            problem = spec.problem(item)
+            if problem is not None:
+                raise LocalProtocolError(f"{where}.{name}: {problem}")
+            out.append(item)
+        else:
+            out.append(spec.encode(item, f"{where}.{name}"))
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -361,6 +361,8 @@ class _Peer:
     # The name it cosigns under, and the start of its cosignature lines in a note.
     witness: str = ""
     cosig_marker: bytes = b""
+    witness_key: PublicKey | None = None
+    witness_key_id: bytes = b""
 
 
 @attrs.frozen
@@ -579,7 +581,9 @@ class Engine:
             peer, key, outbound, address, now, c.peer_message_burst, c.peer_byte_burst, now
         )
         with contextlib.suppress(TrustixError, ValueError):
-            p.witness = witness_name(PublicKey(key))
+            p.witness_key = PublicKey(key)
+            p.witness = witness_name(p.witness_key)
+            p.witness_key_id = cosignature_key_id(p.witness, p.witness_key)
             p.cosig_marker = _SIGNATURE_LINE + p.witness.encode() + b" "
         out: list[Action] = [Send(peer, m.Hello(tuple(c.advertise[:8])))]
         out += self._heads_for(peer, want_reply=True)
@@ -996,9 +1000,10 @@ class Engine:
         # The note verified as a whole already: only the sender's line is read here.
         start = note.find(p.cosig_marker) + 1
         end = note.find(b"\n", start)
+        witness, key_id = p.witness_key, p.witness_key_id
+        if witness is None:
+            return
         try:
-            witness = PublicKey(p.key)
-            key_id = cosignature_key_id(p.witness, witness)
             sig = parse_signature_line(note[start:end].decode("utf-8"))
         except (DecodeError, TrustixError, ValueError):
             return
