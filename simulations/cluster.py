@@ -17,6 +17,7 @@ import hashlib
 import random
 import tempfile
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import attrs
@@ -177,7 +178,7 @@ async def _run(spec: ClusterSpec, trace: list[str], root: Path | None) -> None:
     try:
         async with trio.open_nursery() as nursery:
             for node in nodes:
-                nursery.start_soon(lambda n=node: n.run(install_signal_handlers=False))
+                nursery.start_soon(partial(node.run, install_signal_handlers=False))
             for node in nodes:
                 await node.ready.wait()
             async with trio.open_nursery() as drivers:

@@ -365,7 +365,7 @@ class EventsDriver:
                 message = wire.REGISTRY.decode_body(body)
             except (DecodeError, TrustixError):
                 message = None
-            if len(self._decoded) > 500_000:
+            if len(self._decoded) > 20_000:
                 self._decoded.clear()
             self._decoded[body] = message
         if message is None:

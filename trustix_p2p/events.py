@@ -17,6 +17,8 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionOpened",
     "EntriesAppended",
+    "EvidenceRecorded",
+    "HeadAccepted",
     "NodeEvent",
     "PingAnswered",
     "Subscriber",
@@ -62,6 +64,26 @@ class EntriesAppended(NodeEvent):
 class CheckpointSigned(NodeEvent):
     size: int
     root: str  # hex
+
+
+@attrs.frozen
+class HeadAccepted(NodeEvent):
+    """The gossip engine took a new head of a log (`peer`: who sent it; "": signed here)."""
+
+    log: str  # hex log id
+    size: int
+    head_hash: str  # hex SHA-256 of the checkpoint body
+    peer: str  # base64 key, or ""
+
+
+@attrs.frozen
+class EvidenceRecorded(NodeEvent):
+    """The gossip engine recorded verified evidence new to it (`peer`: "" when found here)."""
+
+    ident: str
+    kind: str
+    log: str  # hex log id
+    peer: str  # base64 key, or ""
 
 
 Subscriber = Callable[[NodeEvent], None]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -32,6 +33,7 @@ import trio
 from trustix_p2p.core import wire
 from trustix_p2p.core.keys import PublicKey
 from trustix_p2p.errors import ConfigError, TrustixError
+from trustix_p2p.events import EvidenceRecorded, HeadAccepted, NodeEvent
 from trustix_p2p.gossip import engine as eng
 from trustix_p2p.transport import Connection, connect
 from trustix_p2p.transport.address import PeerAddress, parse_peer_address
@@ -65,6 +67,8 @@ class Host(Protocol):
 
     def notify(self) -> None: ...
 
+    def emit(self, event_type: type[NodeEvent], **fields: object) -> None: ...
+
     def emit_connection(
         self, peer: str, direction: str, *, opened: bool, reason: str = ""
     ) -> None: ...
@@ -79,6 +83,9 @@ OUTBOX: Final = 4096
 MAX_BACKOFF_STEPS: Final = 6
 BAN_SECONDS: Final = 60.0
 PROGRESS_INTERVAL: Final = 10.0
+# Keys of peers whose connections ended, by peer id: the engine may still name them (a head
+# it judged after the connection it came on closed).
+PAST_PEERS: Final = 1024
 
 
 @attrs.define(eq=False)
@@ -129,6 +136,11 @@ class Peering:
     # timer sleeps (a call that moves the deadline before that wakes it).
     _deadline: float = attrs.field(init=False, default=-math.inf)
     _timer_until: float = attrs.field(init=False, default=-math.inf)
+    _past_keys: OrderedDict[int, bytes] = attrs.field(init=False, factory=OrderedDict)
+    # Messages (and their framed bytes) handed to the engine, and messages queued to peers.
+    received: int = attrs.field(init=False, default=0)
+    bytes_in: int = attrs.field(init=False, default=0)
+    sent: int = attrs.field(init=False, default=0)
 
     # -- start ------------------------------------------------------------------------------
 
@@ -215,6 +227,7 @@ class Peering:
                         continue  # being dropped: its queue is closed
                     try:
                         conn.outbox.send_nowait(message)
+                        self.sent += 1
                     except trio.WouldBlock:
                         self._disconnect(conn, "does not read its messages (send queue full)")
                     except trio.ClosedResourceError:
@@ -225,9 +238,16 @@ class Peering:
                         self._disconnect(conn, reason, ban=True)
                 case eng.LearnedPeers(_peer, addresses):
                     self._learn(addresses)
-                case eng.Accepted(log_id, size, _hash, peer):
+                case eng.Accepted(log_id, size, head_hash, peer):
                     if peer is not None:
                         self.node.log.debug("log %s: head %d", log_id.hex()[:16], size)
+                    self.node.emit(
+                        HeadAccepted,
+                        log=log_id.hex(),
+                        size=size,
+                        head_hash=head_hash.hex(),
+                        peer=self._peer_key(peer),
+                    )
                 case eng.Synced(log_id, count, size, target):
                     self._sync_progress(log_id, count, size, target)
                 case eng.EvidenceFound(ident, kind, log_id, peer):
@@ -235,11 +255,26 @@ class Peering:
                     self.node.log.warning(
                         "evidence %s against log %s: %s (%s)", ident[:16], log_id.hex(), kind, who
                     )
+                    self.node.emit(
+                        EvidenceRecorded,
+                        ident=ident,
+                        kind=kind,
+                        log=log_id.hex(),
+                        peer=self._peer_key(peer),
+                    )
         self.node.notify()
 
     def _peer_name(self, peer: int) -> str:
         conn = self._conns.get(peer)
         return "a peer" if conn is None else PublicKey(conn.key).to_base64()[:8]
+
+    def _peer_key(self, peer: int | None) -> str:
+        """The base64 key of the peer with engine id `peer` ("" for None: this node)."""
+        if peer is None:
+            return ""
+        conn = self._conns.get(peer)
+        key = conn.key if conn is not None else self._past_keys.get(peer)
+        return PublicKey(key).to_base64() if key is not None else "?"
 
     def _sync_progress(self, log_id: bytes, count: int, size: int, target: int) -> None:
         now = trio.current_time()
@@ -370,6 +405,9 @@ class Peering:
                     nursery.cancel_scope.cancel()
         finally:
             self._conns.pop(peer_id, None)
+            self._past_keys[peer_id] = key
+            while len(self._past_keys) > PAST_PEERS:
+                self._past_keys.popitem(last=False)
             if record is not None:
                 record.connected = False
             self.node.emit_connection(
@@ -418,6 +456,8 @@ class Peering:
             if isinstance(message, wire.Error):
                 log.debug("peer %s says: %s", PublicKey(conn.key).to_base64()[:8], message.reason)
                 continue
+            self.received += 1
+            self.bytes_in += connection.last_message_size
             await self.call(
                 self.engine.message,
                 conn.id,
@@ -450,6 +490,23 @@ class Peering:
 
     def connected_count(self) -> int:
         return len(self._conns)
+
+    def connected(self) -> list[tuple[bytes, str, bool]]:
+        """(key, remote address, outbound) of every open peer connection, oldest first."""
+        return [(c.key, c.address, c.outbound) for c in self._conns.values() if not c.closing]
+
+    def dial_now(self, address: str) -> None:
+        """Dial `address` (`[<key>@]host:port`) now, whatever its back-off, and keep it as a
+        seed (redialled like one).  Nothing happens for the node's own address or key, or
+        while the address is connected; ConfigError if it does not parse."""
+        parsed = parse_peer_address(address)
+        record = self._remember(str(parsed), parsed, "seed")
+        if record is None:
+            return
+        record.source = "seed"
+        record.fails = 0
+        record.next_attempt = 0.0
+        self._wake_dialer.set()
 
     def outbound_count(self) -> int:
         return sum(1 for c in self._conns.values() if c.outbound) + len(self._dialing)
