@@ -187,7 +187,14 @@ def summarize(
     # Hops: where the views met, the hops the conflicting head had come; then one per relay.
     ehop: dict[int, int] = {}
     for x, (when, ident, source) in sorted(found.items(), key=lambda kv: (kv[1][0], kv[0])):
-        if source is not None and source in found and found[source][1] == ident:
+        relayed = (
+            source is not None
+            and source in found
+            and found[source][1] == ident
+            and found[source][0] < when
+        )
+        if relayed:
+            assert source is not None
             if source in ehop:
                 ehop[x] = ehop[source] + 1
             continue

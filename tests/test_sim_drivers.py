@@ -62,6 +62,7 @@ def test_both_drivers_detect_the_same_and_count_the_same_hops(kind: str) -> None
     assert e["propagation"]["coverage"] == t["propagation"]["coverage"] == 1.0
     assert sorted(es.hops) == sorted(ts.hops)
     assert e["propagation"]["hops_max"] == t["propagation"]["hops_max"]
+    assert e["detection"]["hops_max"] == t["detection"]["hops_max"] > 0
 
 
 def test_the_trio_driver_is_replayable_with_noise_on() -> None:
