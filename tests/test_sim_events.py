@@ -203,3 +203,12 @@ def test_the_shared_verifier_still_rejects_a_tampered_checkpoint() -> None:
     )
     with pytest.raises((VerificationError, DecodeError)):
         verifier.checkpoint(forged, other.public_key)
+
+
+def test_the_scenario_example_in_the_simulations_readme_loads(tmp_path: Path) -> None:
+    text = (Path(__file__).parent.parent / "simulations" / "README.md").read_text()
+    block = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "example.toml"
+    path.write_text(block)
+    sc = load_scenario(str(path))
+    assert sc.attack.kind == "split-view" and sc.partitions[0].heal == 140.0
