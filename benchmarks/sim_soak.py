@@ -22,6 +22,7 @@ time in worker processes.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -41,8 +42,8 @@ FAULTS = ("honest", "partition-heal", "churn")
 EQUIVOCATIONS = ("split-view", "rewrite", "eclipse", "sybil")
 
 
-def one(args: tuple[str, int, int, float, int]) -> dict[str, Any]:
-    name, seed, nodes, duration, entries = args
+def one(args: tuple[str, int, int, float, int, int]) -> dict[str, Any]:
+    name, seed, nodes, duration, entries, builders = args
     sc = load_scenario(name)
     scale = duration / sc.duration
     sc = attrs.evolve(
@@ -50,8 +51,13 @@ def one(args: tuple[str, int, int, float, int]) -> dict[str, Any]:
         nodes=nodes,
         seed=seed,
         duration=duration,
-        builders=attrs.evolve(sc.builders, entries=entries),
-        attack=attrs.evolve(sc.attack, at=sc.attack.at * scale, heal_at=sc.attack.heal_at * scale),
+        builders=attrs.evolve(sc.builders, entries=entries, count=builders),
+        attack=attrs.evolve(
+            sc.attack,
+            at=sc.attack.at * scale,
+            heal_at=sc.attack.heal_at * scale,
+            threshold=min(sc.attack.threshold, builders // 2 + 1),
+        ),
         partitions=tuple(
             attrs.evolve(p, at=p.at * scale, heal=p.heal * scale) for p in sc.partitions
         ),
@@ -89,12 +95,23 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=200)
     parser.add_argument("--duration", type=float, default=160.0)
     parser.add_argument("--entries", type=int, default=200)
+    parser.add_argument("--builders", type=int, default=10)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--only", action="append", help="a scenario (repeatable)")
+    parser.add_argument("--log", type=Path, help="append each run's result here (JSON lines)")
+    parser.add_argument(
+        "--table-from", type=Path, action="append", help="print the table of these logs only"
+    )
     args = parser.parse_args()
+    if args.table_from:
+        rows = [json.loads(x) for f in args.table_from for x in f.read_text().splitlines()]
+        names = [n for n in ADVERSARIES + FAULTS if any(r["name"] == n for r in rows)]
+        results = {n: [r for r in rows if r["name"] == n] for n in names}
+        print(f"{len(rows)} runs from {', '.join(str(f) for f in args.table_from)}")
+        return table(names, results)
     names = args.only or list(ADVERSARIES + FAULTS)
     work = [
-        (n, s, args.nodes, args.duration, args.entries)
+        (n, s, args.nodes, args.duration, args.entries, args.builders)
         for n in names
         for s in range(1, args.seeds + 1)
     ]
@@ -103,6 +120,9 @@ def main() -> int:
     with ProcessPoolExecutor(args.jobs) as pool:
         for done, r in enumerate(pool.map(one, work), 1):
             results[r["name"]].append(r)
+            if args.log is not None:
+                with args.log.open("a") as log:
+                    log.write(json.dumps(r) + "\n")
             for p in r["problems"]:
                 print(f"  {r['name']} seed {r['seed']}: {p}", flush=True)
             if done % 25 == 0:
@@ -112,9 +132,13 @@ def main() -> int:
     print()
     print(
         f"{args.seeds} seeds per scenario, {args.nodes} nodes, {args.duration:.0f} virtual s, "
-        f"{args.entries} entries per builder, events driver; "
+        f"{args.builders} builders of {args.entries} entries, events driver; "
         f"{time.perf_counter() - started:.0f} s wall with {args.jobs} workers"
     )
+    return table(names, results)
+
+
+def table(names: list[str], results: dict[str, list[dict[str, Any]]]) -> int:
     print()
     print(
         "| scenario | runs | runs holding | honest nodes detecting (min of expected) | "
