@@ -8,6 +8,10 @@ drivers must measure exactly them; and every honest node must hold evidence in b
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import attrs
 import pytest
@@ -76,3 +80,38 @@ def test_the_plan_decides_the_network_for_both_drivers() -> None:
     sc = scenario("split-view")
     plan = make_plan(sc)
     assert all(link.latency == 0.05 for link in plan.links)
+
+
+@pytest.mark.parametrize("driver", ["events", "trio"])
+def test_summary_json_is_byte_identical_across_processes(driver: str, tmp_path: Path) -> None:
+    """The same scenario and seed, in two processes with different hash seeds: summary.json
+    is the same byte for byte, apart from wall_seconds and peak_rss_mb."""
+    root = Path(__file__).resolve().parent.parent
+    texts = []
+    for hash_seed in ("1", "2"):
+        out = tmp_path / f"{driver}-{hash_seed}"
+        env = dict(os.environ, PYTHONHASHSEED=hash_seed, PYTHONPATH=str(root))
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "simulations",
+                "run",
+                "split-view",
+                "--nodes",
+                "20",
+                "--driver",
+                driver,
+                "--seed",
+                "5",
+                "--out",
+                str(out),
+            ],
+            cwd=root,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        lines = (out / "summary.json").read_text().splitlines()
+        texts.append([x for x in lines if '"wall_seconds"' not in x and '"peak_rss_mb"' not in x])
+    assert texts[0] == texts[1]
