@@ -22,6 +22,7 @@ import hashlib
 import heapq
 import random
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -34,7 +35,8 @@ from trustix_p2p.core import evidence as ev
 from trustix_p2p.core import wire
 from trustix_p2p.core.checkpoint import SignedCheckpoint, cosign
 from trustix_p2p.core.entry import decode_entry
-from trustix_p2p.core.keys import PrivateKey
+from trustix_p2p.core.keys import PrivateKey, PublicKey
+from trustix_p2p.core.note import parse_note
 from trustix_p2p.errors import DecodeError, TrustixError
 from trustix_p2p.gossip import engine as eng
 from trustix_p2p.gossip import messages as m
@@ -42,7 +44,7 @@ from trustix_p2p.ownlog import MemoryCheckpointFile, OwnLog
 from trustix_p2p.storage import LeafRecord, Store
 
 from .observe import AcceptObs, CheckpointObs, EvidenceObs, Observations
-from .plan import EPOCH, Link, Plan, leaf, store_path
+from .plan import EPOCH, Link, Plan, leaf, nar_hash, store_path
 
 __all__ = ["EventsDriver", "run_events"]
 
@@ -483,7 +485,7 @@ class EventsDriver:
                 continue
             self.sybil_cosigned.add(marker)
             try:
-                signed = self.verifier.checkpoint(h.note, _public(h.public_key))
+                signed = self.verifier.checkpoint(h.note, PublicKey(h.public_key))
             except (DecodeError, TrustixError):
                 continue
             c = cosign(
@@ -570,8 +572,6 @@ class EventsDriver:
         return out
 
     def _sybil_section(self) -> dict[str, Any]:
-        from trustix_p2p.core.note import parse_note
-
         plan = self.plan
         log_id = plan.key(0).public_key.log_id()
         sybil_names = {eng.witness_name(plan.key(a).public_key) for a in plan.attackers}
@@ -648,7 +648,9 @@ class EventsDriver:
         for _c in range(sc.attack.clients):
             if not mirrors:
                 break
-            source = _EngineSource(self.nodes[rng.choice(mirrors)])  # type: ignore[arg-type]
+            asked = self.nodes[rng.choice(mirrors)]
+            assert asked is not None
+            source = _EngineSource(asked)
             sample = lied + rng.sample(others, min(len(others), len(lied)))
             client = LightClient(policy, [source], ClientState(_NOWHERE))
             decisions = trio.run(client.decide_many, [store_path(e) for e in sample])
@@ -673,19 +675,12 @@ class EventsDriver:
         }
 
 
-_NOWHERE = __import__("pathlib").Path("/nonexistent/trustix-sim-client-state")
+# Simulated workstations keep their state in memory: it is never saved.
+_NOWHERE = Path("/nonexistent/trustix-sim-client-state")
 
 
 def _honest_hash(e: int) -> bytes:
-    from .plan import nar_hash
-
     return nar_hash(store_path(e))
-
-
-def _public(raw: bytes) -> Any:
-    from trustix_p2p.core.keys import PublicKey
-
-    return PublicKey(raw)
 
 
 @attrs.define
