@@ -35,6 +35,7 @@ from trustix_p2p.options import (
     FOLLOW,
     INTEGER,
     MDNS,
+    METRICS,
     NUMBER,
     OPTIONS,
     OPTIONS_BY_NAME,
@@ -202,6 +203,7 @@ _WRONG: dict[str, list[object]] = {
     STRINGS: ["h:1", 1, {"a": "h:1"}, [1], ["h:1", True]],
     FOLLOW: ["k", 1, {"public_key": "k"}, ["k"]],
     MDNS: [True, "eth0", ["127.0.0.1"]],
+    METRICS: [True, "127.0.0.1:9464", ["127.0.0.1:9464"]],
 }
 
 

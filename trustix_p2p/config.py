@@ -37,6 +37,7 @@ from trustix_p2p.options import (
     FOLLOW,
     INTEGER,
     MDNS,
+    METRICS,
     NUMBER,
     OPTIONS,
     PATH,
@@ -44,6 +45,7 @@ from trustix_p2p.options import (
     TRANSPORT,
     FollowEntry,
     MdnsSettings,
+    MetricsSettings,
     Option,
 )
 
@@ -55,6 +57,7 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "FollowEntry",
     "MdnsSettings",
+    "MetricsSettings",
     "NodeConfig",
     "config_file_problems",
     "config_from_dict",
@@ -73,6 +76,7 @@ _ANNOTATIONS = {
     STRINGS: "tuple[str, ...]",
     FOLLOW: "tuple[FollowEntry, ...]",
     MDNS: "MdnsSettings",
+    METRICS: "MetricsSettings",
 }
 
 
@@ -120,6 +124,7 @@ if TYPE_CHECKING:
         max_logs: int = _DEFAULT
         entries_per_request: int = _DEFAULT
         mdns: MdnsSettings = _DEFAULT
+        metrics: MetricsSettings = _DEFAULT
         max_submit_batch: int = _DEFAULT
         log_level: str = _DEFAULT
         handshake_timeout: float = _DEFAULT

@@ -19,12 +19,14 @@ from trustix_p2p.options import (
     FOLLOW,
     INTEGER,
     MDNS,
+    METRICS,
     NUMBER,
     OPTIONS,
     PATH,
     STRINGS,
     TRANSPORT,
     MdnsSettings,
+    MetricsSettings,
     Option,
 )
 
@@ -52,6 +54,7 @@ _TYPE_NAMES = {
     STRINGS: "array of strings",
     FOLLOW: "array of tables",
     MDNS: "table",
+    METRICS: "table",
 }
 
 _INTRO = f"""\
@@ -87,6 +90,8 @@ def toml_literal(value: object) -> str:
         return json.dumps(value)
     if isinstance(value, int | float):
         return repr(value)
+    if isinstance(value, MetricsSettings):
+        return f"{{enabled = {toml_literal(value.enabled)}, listen = {toml_literal(value.listen)}}}"
     if isinstance(value, MdnsSettings):
         return (
             f"{{enabled = {toml_literal(value.enabled)}, "

@@ -20,6 +20,7 @@ from trustix_p2p.errors import ConfigError
 from trustix_p2p.options import (
     FOLLOW,
     MDNS,
+    METRICS,
     NUMBER,
     OPTIONS,
     OPTIONS_BY_NAME,
@@ -101,7 +102,7 @@ def find_problems(
             values[name] = float(value)
         elif option.kind == STRINGS:
             values[name] = tuple(value)
-        elif option.kind in (FOLLOW, MDNS):
+        elif option.kind in (FOLLOW, MDNS, METRICS):
             values[name] = convert_table(option, value)
         else:
             values[name] = value

@@ -71,6 +71,7 @@ from trustix_p2p.executor import Executor, ThreadExecutor
 from trustix_p2p.gossip import engine as eng
 from trustix_p2p.gossip.messages import GetConsistency, NoData
 from trustix_p2p.keyfile import load_key_file
+from trustix_p2p.metrics import NodeMetrics, metrics_app
 from trustix_p2p.ownlog import OwnLog
 from trustix_p2p.peering import Peering
 from trustix_p2p.spool import (
@@ -140,6 +141,9 @@ class Node:
     spool_scans: int = attrs.field(init=False, default=0)
     engine: eng.Engine = attrs.field(init=False)
     peering: Peering = attrs.field(init=False)
+    # The Prometheus metrics, when `[metrics] enabled` (served on its `listen` by `run`).
+    metrics: NodeMetrics | None = attrs.field(init=False, default=None)
+    metrics_url: str | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self._send, self._recv = trio.open_memory_channel[_Pending](1024)
@@ -155,6 +159,8 @@ class Node:
             now=self.clock(),
         )
         self.peering = Peering(self, self.engine)
+        if self.config.metrics.enabled:
+            self.metrics = NodeMetrics()
 
     def engine_config(self, advertise: tuple[str, ...] = ()) -> eng.EngineConfig:
         """The gossip engine's configuration, from the node's."""
@@ -338,12 +344,47 @@ class Node:
                 return previous
         if signed is not None and signed is not previous:
             self.log.info("signed checkpoint: size %d", signed.checkpoint.size)
+            if self.metrics is not None:
+                self.metrics.signed.inc()
             self.emit(
                 CheckpointSigned, size=signed.checkpoint.size, root=signed.checkpoint.root.hex()
             )
             await self.peering.call(self.engine.local_checkpoint, signed, self.clock())
             self._notify()
         return signed
+
+    async def _serve_metrics(self, nursery: trio.Nursery) -> None:
+        from trustix_p2p.proxy.serve import serve_proxy  # hypercorn: only when asked for
+
+        metrics = self.metrics
+        assert metrics is not None
+
+        async def refresh() -> None:
+            metrics.refresh(await self.metrics_snapshot())
+
+        listen = self.config.metrics.listen
+        try:
+            self.metrics_url = await nursery.start(
+                partial(serve_proxy, metrics_app(metrics.registry, refresh), listen)
+            )
+        except OSError as exc:
+            raise ConfigError(f"metrics: cannot listen on {listen}: {exc.strerror or exc}") from exc
+        self.log.info("metrics on %s/metrics", self.metrics_url)
+
+    async def metrics_snapshot(self) -> dict[str, Any]:
+        """What the metrics' gauges show: per log (hex id, mode, entries stored, head size,
+        head age), peers by state, evidence held.  Engine state is read through the executor."""
+        now = self.clock()
+
+        def read() -> tuple[list[tuple[str, str, int, int | None, float]], int]:
+            logs = []
+            for info in self.engine.logs():
+                age = now - info.head_time if info.head_time is not None else 0.0
+                logs.append((info.log_id.hex(), info.mode, info.size, info.head_size, age))
+            return logs, len(self.engine.evidence())
+
+        logs, evidence = await self.executor.run(read)
+        return {"logs": logs, "peers": self.peering.peer_states(), "evidence": evidence}
 
     async def _checkpointer(self) -> None:
         while True:
@@ -671,6 +712,8 @@ class Node:
                     self.engine.config = self.engine_config(concrete)
                 if self.key is not None:
                     await nursery.start(self.peering.run)
+                if self.metrics is not None:
+                    await self._serve_metrics(nursery)
                 # Last: once the control socket answers, everything it reports is running.
                 if self.serve_control_socket:
                     await nursery.start(

@@ -24,6 +24,7 @@ __all__ = [
     "FOLLOW",
     "INTEGER",
     "MDNS",
+    "METRICS",
     "NODE",
     "NUMBER",
     "OPTIONS",
@@ -33,6 +34,7 @@ __all__ = [
     "TRANSPORT",
     "FollowEntry",
     "MdnsSettings",
+    "MetricsSettings",
     "Option",
     "toml_type_name",
 ]
@@ -47,6 +49,7 @@ CHOICE = "choice"  # a string, one of `choices`
 STRINGS = "strings"  # an array of strings, at most `max_items`
 FOLLOW = "follow"  # an array of tables {public_key, name?, mode?}: `FollowEntry` values
 MDNS = "mdns"  # a table {enabled?, interfaces?}: an `MdnsSettings` value
+METRICS = "metrics"  # a table {enabled?, listen?}: a `MetricsSettings` value
 
 # Groups: TRANSPORT options are the fields of `transport.connection.TransportLimits`, by name.
 NODE = "node"
@@ -60,11 +63,14 @@ _EXPECTED = {
     STRINGS: "an array of strings",
     FOLLOW: "an array of tables",
     MDNS: "a table",
+    METRICS: "a table",
 }
 
 FOLLOW_MODES = ("mirror", "witness")
 _FOLLOW_KEYS = ("public_key", "name", "mode")
 _MDNS_KEYS = ("enabled", "interfaces")
+_METRICS_KEYS = ("enabled", "listen")
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
 
 
 class FollowEntry(NamedTuple):
@@ -80,6 +86,31 @@ class MdnsSettings(NamedTuple):
 
     enabled: bool
     interfaces: tuple[str, ...]
+
+
+class MetricsSettings(NamedTuple):
+    """The `[metrics]` table: the Prometheus endpoint, off by default, on loopback."""
+
+    enabled: bool
+    listen: str
+
+
+def _metrics_problem(value: object) -> str | None:
+    if not isinstance(value, dict):
+        return None
+    unknown = sorted(set(value) - set(_METRICS_KEYS))
+    if unknown:
+        return f"unknown key {unknown[0]!r} (known: enabled, listen)"
+    enabled = value.get("enabled", False)
+    if not isinstance(enabled, bool):
+        return f"enabled must be true or false, not {toml_type_name(enabled)}"
+    listen = value.get("listen", DEFAULT_METRICS_LISTEN)
+    if not isinstance(listen, str):
+        return f"listen must be a host:port string, not {toml_type_name(listen)}"
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        return f"listen {listen!r} must look like host:port"
+    return None
 
 
 def _base64_key_problem(text: str) -> str | None:
@@ -145,6 +176,10 @@ def convert_table(option: Option, value: Any) -> object:
         return tuple(
             FollowEntry(item["public_key"], item.get("name"), item.get("mode", "mirror"))
             for item in value
+        )
+    if option.kind == METRICS:
+        return MetricsSettings(
+            value.get("enabled", False), value.get("listen", DEFAULT_METRICS_LISTEN)
         )
     return MdnsSettings(value.get("enabled", False), tuple(value.get("interfaces", ())))
 
@@ -233,6 +268,10 @@ class Option:
             if not isinstance(value, dict):
                 return self._wrong_type(value)
             return _mdns_problem(value)
+        if kind == METRICS:
+            if not isinstance(value, dict):
+                return self._wrong_type(value)
+            return _metrics_problem(value)
         if kind == STRINGS:
             if not isinstance(value, list):
                 return self._wrong_type(value)
@@ -426,6 +465,13 @@ OPTIONS: tuple[Option, ...] = (
         MDNS,
         "`[mdns]`: `enabled` (default false) and `interfaces`, the addresses it binds to",
         default=MdnsSettings(False, ()),
+    ),
+    Option(
+        "metrics",
+        METRICS,
+        "`[metrics]`: a Prometheus endpoint, `enabled` (default false) on `listen` "
+        f"(default {DEFAULT_METRICS_LISTEN!r}); docs/metrics.md lists the metrics",
+        default=MetricsSettings(False, DEFAULT_METRICS_LISTEN),
     ),
     Option(
         "max_submit_batch",

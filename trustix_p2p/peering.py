@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from trustix_p2p.config import NodeConfig
     from trustix_p2p.core.keys import PrivateKey
     from trustix_p2p.executor import Executor
+    from trustix_p2p.metrics import NodeMetrics
     from trustix_p2p.storage import Store
     from trustix_p2p.transport.network import Network
 
@@ -68,6 +69,9 @@ class Host(Protocol):
     def notify(self) -> None: ...
 
     def emit(self, event_type: type[NodeEvent], **fields: object) -> None: ...
+
+    @property
+    def metrics(self) -> NodeMetrics | None: ...
 
     def emit_connection(
         self, peer: str, direction: str, *, opened: bool, reason: str = ""
@@ -241,6 +245,8 @@ class Peering:
                 case eng.Accepted(log_id, size, head_hash, peer):
                     if peer is not None:
                         self.node.log.debug("log %s: head %d", log_id.hex()[:16], size)
+                        if self.node.metrics is not None:
+                            self.node.metrics.received.labels(log_id.hex()).inc()
                     self.node.emit(
                         HeadAccepted,
                         log=log_id.hex(),
@@ -250,6 +256,8 @@ class Peering:
                     )
                 case eng.Synced(log_id, count, size, target):
                     self._sync_progress(log_id, count, size, target)
+                    if self.node.metrics is not None:
+                        self.node.metrics.synced.labels(log_id.hex()).inc(count)
                 case eng.EvidenceFound(ident, kind, log_id, peer):
                     who = "found here" if peer is None else f"from {self._peer_name(peer)}"
                     self.node.log.warning(
@@ -263,6 +271,19 @@ class Peering:
                         peer=self._peer_key(peer),
                     )
         self.node.notify()
+
+    def peer_states(self) -> dict[str, int]:
+        """Peers by state, for metrics: connected in and out, being dialled, backing off."""
+        now = trio.current_time()
+        conns = list(self._conns.values())
+        return {
+            "connected_in": sum(1 for c in conns if not c.outbound),
+            "connected_out": sum(1 for c in conns if c.outbound),
+            "dialing": len(self._dialing),
+            "backoff": sum(
+                1 for r in self._book.values() if not r.connected and r.next_attempt > now
+            ),
+        }
 
     def _peer_name(self, peer: int) -> str:
         conn = self._conns.get(peer)
@@ -438,8 +459,11 @@ class Peering:
             if run_writer:
                 nursery.start_soon(writer)
             try:
+                metrics = self.node.metrics
                 async for message in receive:
                     await connection.send_message(message)
+                    if metrics is not None:
+                        metrics.message("out", message, connection.last_sent_size)
                 with trio.move_on_after(2.0):
                     await connection.flush()
             except CONNECTION_ERRORS as exc:
@@ -458,6 +482,9 @@ class Peering:
                 continue
             self.received += 1
             self.bytes_in += connection.last_message_size
+            metrics = self.node.metrics
+            if metrics is not None:
+                metrics.message("in", message, connection.last_message_size)
             await self.call(
                 self.engine.message,
                 conn.id,

@@ -26,6 +26,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -113,8 +114,11 @@ def cmd_decide(args: argparse.Namespace) -> int:
     return 0 if all(d.trusted for d in decisions) else 1
 
 
-async def _serve_cache_proxy(policy_path: Path, listen: str, key_file: Path) -> None:
+async def _serve_cache_proxy(
+    policy_path: Path, listen: str, key_file: Path, metrics_listen: str | None = None
+) -> None:
     from trustix_p2p.commands.proxy import load_nix_key_file
+    from trustix_p2p.metrics import InstrumentedApp, ProxyMetrics, metrics_app
     from trustix_p2p.proxy.app import CacheProxy
     from trustix_p2p.proxy.serve import serve_proxy
 
@@ -124,6 +128,7 @@ async def _serve_cache_proxy(policy_path: Path, listen: str, key_file: Path) -> 
     key = load_nix_key_file(key_file)
     client = LightClient(policy, sources_for(policy), ClientState.load(policy))
     lock = trio.Lock()  # one decision at a time: the client's state is not shared safely
+    metrics = ProxyMetrics() if metrics_listen is not None else None
 
     async def decide(store_path: str) -> Decision:
         async with lock:
@@ -131,14 +136,24 @@ async def _serve_cache_proxy(policy_path: Path, listen: str, key_file: Path) -> 
             for line in client.problems:
                 log.warning("%s", line)
             client.problems.clear()
+            if metrics is not None:
+                metrics.decisions.labels("trusted" if decision.trusted else "untrusted").inc()
             return decision
 
     await client.load_node_evidence()
-    app = CacheProxy(decide, policy.upstreams, key)
+    proxy = CacheProxy(decide, policy.upstreams, key)
+    app: Any = proxy
+    if metrics is not None:
+        app = InstrumentedApp(proxy, metrics, trio.current_time)
     try:
         async with trio.open_nursery() as nursery:
             url = await nursery.start(serve_proxy, app, listen)
             log.info("cache proxy on %s (nix.conf: substituters = %s)", url, url)
+            if metrics is not None and metrics_listen is not None:
+                murl = await nursery.start(
+                    serve_proxy, metrics_app(metrics.registry), metrics_listen
+                )
+                log.info("cache proxy metrics on %s/metrics", murl)
     finally:
         await client.aclose()
         client.state.save()
@@ -147,7 +162,7 @@ async def _serve_cache_proxy(policy_path: Path, listen: str, key_file: Path) -> 
 def cmd_cache_proxy(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: a normal way to stop it
-        trio.run(_serve_cache_proxy, args.policy, args.listen, args.nix_key)
+        trio.run(_serve_cache_proxy, args.policy, args.listen, args.nix_key, args.metrics_listen)
     return 0
 
 
@@ -170,4 +185,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--policy", type=Path, required=True, help="trust policy (TOML)")
     p.add_argument("--listen", required=True, help="host:port, e.g. 127.0.0.1:8080")
     p.add_argument("--nix-key", type=Path, required=True, help="Nix signing key (nix-keygen)")
+    p.add_argument(
+        "--metrics-listen",
+        metavar="ADDRESS",
+        help="serve Prometheus metrics on host:port (off by default; docs/metrics.md)",
+    )
     p.set_defaults(func=cmd_cache_proxy)

@@ -66,6 +66,7 @@ async def serve_proxy(
     finally:
         # Cancellation (how trio programs stop) skips the ASGI lifespan shutdown, so the
         # proxy's upstream connections are closed here; shielded, and bounded.
-        if isinstance(app, CacheProxy):
+        close = getattr(app, "aclose", None)
+        if isinstance(app, CacheProxy) or close is not None:
             with trio.move_on_after(5, shield=True):
-                await app.aclose()
+                await close()  # type: ignore[misc]

@@ -151,6 +151,8 @@ class Connection:
     limits: TransportLimits = attrs.field(factory=TransportLimits)
     registry: MessageRegistry = REGISTRY
     _reader: MessageReader = attrs.field(init=False)
+    # The framed size of the message `send_message` sent last (for metrics).
+    last_sent_size: int = attrs.field(init=False, default=0)
     # Messages returned from the buffer since the last checkpoint.
     _unyielded: int = attrs.field(init=False, default=0)
     _send_lock: trio.Lock = attrs.field(init=False, factory=trio.Lock)
@@ -193,6 +195,7 @@ class Connection:
         data = encode_message(
             message, registry=self.registry, max_message_size=self.limits.max_message_size
         )
+        self.last_sent_size = len(data)
         if self._mode is _SendMode.DIRECT:
             async with self._send_lock:
                 await self.stream.send_all(data)
