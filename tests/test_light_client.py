@@ -277,3 +277,70 @@ def test_store_path_arguments_may_be_hash_parts_or_derivations(tmp_path: Path) -
     outputs = resolve_paths([drv])
     assert len(outputs) == 2
     assert all(p.startswith("/nix/store/") and "two-outputs" in p for p in outputs)
+
+
+def pin_policy(tmp_path: Path, socket: Path, pins: dict[str, str]) -> Path:
+    path = write_policy(tmp_path, socket=socket)
+    text = path.read_text()
+    for name, note in pins.items():
+        marker = f'name = "{name}"\n'
+        text = text.replace(marker, marker + f"pinned_checkpoint = {json.dumps(note)}\n")
+    path.write_text(text)
+    return path
+
+
+async def test_a_pinned_checkpoint_the_log_extends_is_accepted(tmp_path: Path) -> None:
+    async with network(tmp_path) as nodes:
+        alice = nodes["alice"]
+        # Dan's real checkpoint, pinned; Dan then grows his log honestly.
+        dan_log = alice.store.log(f.key("dan").public_key.log_id())
+        pin = dan_log.checkpoint()
+        assert pin is not None
+        await nodes["dan"].submit((f.leaf(200),))
+        await nodes["dan"].sign_checkpoint_now()
+        policy = load_policy(
+            pin_policy(tmp_path, alice.config.socket_path, {"dan": pin.note.decode()})
+        )
+        client = LightClient(
+            policy, [ControlSource(str(alice.config.socket_path))], ClientState.load(policy)
+        )
+        try:
+            d = await client.decide(f.entry(2).out_path)
+        finally:
+            await client.aclose()
+        assert d.trusted and "dan" in d.agreed, client.problems
+        assert not client.state.evidence
+
+
+async def test_a_checkpoint_inconsistent_with_the_pin_is_evidence(tmp_path: Path) -> None:
+    from trustix_p2p.ownlog import MemoryCheckpointFile, OwnLog
+    from trustix_p2p.storage import LeafRecord, Store
+
+    async with network(tmp_path) as nodes:
+        alice = nodes["alice"]
+        # Someone pinned a checkpoint of Dan's key over another history (what Dan's log was
+        # before a stolen key rewrote it, say): the log the nodes serve now contradicts it.
+        other = OwnLog.open(Store.in_memory(), f.key("dan"), MemoryCheckpointFile())
+        rewritten = [f.leaf(300 + i) for i in range(2)]
+        other.append([LeafRecord(x, f.entry(300 + i).out_path) for i, x in enumerate(rewritten)])
+        pin = other.sign(1_700_000_000)
+        assert pin is not None
+        policy = load_policy(
+            pin_policy(tmp_path, alice.config.socket_path, {"dan": pin.note.decode()})
+        )
+        client = LightClient(
+            policy, [ControlSource(str(alice.config.socket_path))], ClientState.load(policy)
+        )
+        try:
+            d = await client.decide(f.entry(2).out_path)
+        finally:
+            await client.aclose()
+        assert "dan" not in d.agreed
+        assert [e.kind for e in client.state.evidence] == ["inconsistent-history"]
+        assert any("pinned checkpoint" in p for p in client.problems), client.problems
+
+
+def test_a_pin_the_key_did_not_sign_is_refused(tmp_path: Path) -> None:
+    path = pin_policy(tmp_path, tmp_path / "sock", {"dan": "not a checkpoint\n"})
+    with pytest.raises(ConfigError, match="pinned_checkpoint"):
+        load_policy(path)

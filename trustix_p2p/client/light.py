@@ -416,22 +416,61 @@ class LightClient:
     async def _check_consistent(
         self, source: Source, builder: PolicyBuilder, signed: SignedCheckpoint
     ) -> None:
+        pin = self._pinned(builder)
+        if pin is not None:
+            # A known-good checkpoint the policy pins: whatever the builder's key signs later
+            # must extend it (a stolen key cannot rewrite what came before it).
+            await self._check_pair(source, builder, pin, signed, "the pinned checkpoint")
         cached = self.state.checkpoint(builder)
         cp = signed.checkpoint
         if cached is None:
             self.state.remember(builder, signed)
             return
-        c = cached.checkpoint
+        await self._check_pair(source, builder, cached, signed, "the cached checkpoint")
+        if cp.size > cached.checkpoint.size:
+            self.state.remember(builder, signed)
+
+    def _pinned(self, builder: PolicyBuilder) -> SignedCheckpoint | None:
+        if builder.pinned_checkpoint is None:
+            return None
+        note = builder.pinned_checkpoint.encode("utf-8")
+        try:
+            return self._verify_note(note, builder)
+        except (DecodeError, VerificationError) as exc:
+            # load_policy checks pins; one that fails here is the policy's fault, not a node's
+            raise TrustixError(f"{builder.name}: pinned_checkpoint does not verify: {exc}") from exc
+
+    def _verify_note(self, note: bytes, builder: PolicyBuilder) -> SignedCheckpoint:
+        key = (note, builder.public_key.raw)
+        signed = self._verified.get(key)
+        if signed is None:
+            signed = self._verified[key] = verify_checkpoint(note, builder.public_key)
+        return signed
+
+    async def _check_pair(
+        self,
+        source: Source,
+        builder: PolicyBuilder,
+        known: SignedCheckpoint,
+        signed: SignedCheckpoint,
+        what: str,
+    ) -> None:
+        """`signed` and `known` are checkpoints of one tree, or evidence says otherwise."""
+        c, cp = known.checkpoint, signed.checkpoint
+        pair = (c.body(), cp.body())
+        if pair in self._consistent:
+            return
         if cp.size == c.size:
             if cp.root != c.root:
-                self._evidence(builder, ev.split_view(builder.public_key, cached.note, signed.note))
-                raise VerificationError(f"{builder.name} signed a split view (evidence kept)")
+                self._evidence(builder, ev.split_view(builder.public_key, known.note, signed.note))
+                raise VerificationError(
+                    f"{builder.name} signed a split view against {what} (evidence kept)"
+                )
+            self._consistent.add(pair)
             return
         if cp.size == 0 or c.size == 0:
-            if cp.size > c.size:
-                self.state.remember(builder, signed)
             return
-        small, large = (cached, signed) if c.size < cp.size else (signed, cached)
+        small, large = (known, signed) if c.size < cp.size else (signed, known)
         try:
             proof = await source.consistency(
                 builder.log_id, small.checkpoint.size, large.checkpoint.size
@@ -464,9 +503,10 @@ class LightClient:
                     builder.public_key, small.note, given.note, proof.prefix_root, proof.proof
                 ),
             )
-            raise VerificationError(f"{builder.name} signed two histories (evidence kept)")
-        if cp.size > c.size:
-            self.state.remember(builder, signed)
+            raise VerificationError(
+                f"{builder.name} signed a history inconsistent with {what} (evidence kept)"
+            )
+        self._consistent.add(pair)
 
     def _evidence(self, builder: PolicyBuilder, evidence: ev.Evidence) -> None:
         self.state.add_evidence(evidence)

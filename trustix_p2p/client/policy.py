@@ -32,9 +32,10 @@ from typing import Any
 import attrs
 
 from trustix_p2p.configfile import read_toml
+from trustix_p2p.core.checkpoint import verify_checkpoint
 from trustix_p2p.core.decision import Builder
 from trustix_p2p.core.keys import PublicKey
-from trustix_p2p.errors import ConfigError, DecodeError
+from trustix_p2p.errors import ConfigError, DecodeError, VerificationError
 from trustix_p2p.transport.address import parse_peer_address
 
 __all__ = ["Policy", "PolicyBuilder", "load_policy", "policy_from_dict"]
@@ -118,6 +119,13 @@ def _people(data: Any, what: str) -> tuple[PolicyBuilder, ...]:
         pinned = item.get("pinned_checkpoint")
         if pinned is not None and not isinstance(pinned, str):
             raise _error(f"{what} {name!r}: pinned_checkpoint must be a checkpoint note")
+        if pinned is not None:
+            try:
+                verify_checkpoint(pinned.encode("utf-8"), public_key)
+            except (DecodeError, VerificationError) as exc:
+                raise _error(
+                    f"{what} {name!r}: pinned_checkpoint is not a checkpoint its key signed: {exc}"
+                ) from exc
         out.append(PolicyBuilder(name, public_key, pinned))
     keys = [b.public_key for b in out]
     for b in out:
