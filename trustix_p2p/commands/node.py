@@ -40,10 +40,8 @@ def _process_setup() -> None:
 def cmd_node(args: argparse.Namespace) -> int:
     config = load_node_config(args.config)
     _process_setup()
-    logging.basicConfig(
-        level=getattr(logging, config.log_level.upper()),
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    level = logging.DEBUG if args.verbose else getattr(logging, config.log_level.upper())
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     trio.run(run_node, config)
     return 0
 
@@ -157,6 +155,11 @@ def cmd_lookup(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("node", help="run a node")
     p.add_argument("--config", type=Path, required=True, help="node configuration (TOML)")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="log at debug level whatever log_level says (never any key material)",
+    )
     p.set_defaults(func=cmd_node)
 
     p = sub.add_parser("status", help="show a running node's status (JSON)")
