@@ -73,7 +73,10 @@ async def test_a_seeded_node_mirrors_the_builders_log_and_relays_it(tmp_path: Pa
                     await carol.wait_until(
                         lambda: carol.store.has_log(log_id) and carol.store.log(log_id).size == 300
                     )
-                hits = carol.lookup(f.entry(7).out_path)
+                # Through the node's executor, as the control socket asks: the predicate above
+                # reads the store from this thread and may see the new size a moment before
+                # the append that made it is committed.
+                hits = await carol.executor.run(carol.lookup, f.entry(7).out_path)
                 assert [h.index for h in hits] == [7]
                 # New entries travel the same way.
                 await alice.submit(tuple(f.leaf(i) for i in range(300, 350)))
