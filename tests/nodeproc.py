@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from trustix_p2p.control.client import ControlClient
 from trustix_p2p.errors import NodeUnavailableError
@@ -62,6 +63,27 @@ def wait_ready(sock: Path, proc: subprocess.Popen[bytes], timeout: float = 30) -
         except NodeUnavailableError:
             time.sleep(0.02)
     raise AssertionError("node did not come up")
+
+
+def free_port() -> int:
+    """A loopback TCP port free at the moment of asking."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def terminate(proc: subprocess.Popen[Any], timeout: float = 30) -> int:
+    """SIGTERM, wait (SIGKILL after `timeout`); the exit status."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> str:

@@ -14,7 +14,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -22,6 +21,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.nodeproc import terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTAINERFILE = ROOT / "Containerfile"
@@ -165,10 +166,5 @@ def test_the_install_and_start_steps_give_a_node_that_answers_status(
         key = mapping["/var/lib/trustix-p2p"] / "node.key"
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
     finally:
-        node.send_signal(signal.SIGTERM)
-        try:
-            node.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            node.kill()
-            node.wait()
+        terminate(node)
     assert node.returncode == 0, node.stderr.read() if node.stderr else ""

@@ -8,7 +8,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import attrs
 import pytest
 
 from tests import factories as f
-from tests.nodeproc import cli
+from tests.nodeproc import cli, free_port
 from trustix_p2p.control.client import ControlClient, submit_leaves
 from trustix_p2p.core import merkle
 from trustix_p2p.core.checkpoint import verify_checkpoint
@@ -31,12 +30,6 @@ from trustix_p2p.errors import NodeUnavailableError
 from trustix_p2p.keyfile import write_key_file
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @attrs.define

@@ -16,8 +16,9 @@ from tests import factories as f
 from tests.test_gossip_node import make_config, pinned, running
 from trustix_p2p import cli
 from trustix_p2p.client.light import ControlSource, Hit, LightClient, NoiseSource, Proof, Source
-from trustix_p2p.client.policy import load_policy
+from trustix_p2p.client.policy import Policy, load_policy
 from trustix_p2p.client.state import ClientState
+from trustix_p2p.core.decision import Decision
 from trustix_p2p.errors import ConfigError
 from trustix_p2p.node import Node
 
@@ -279,6 +280,17 @@ def test_store_path_arguments_may_be_hash_parts_or_derivations(tmp_path: Path) -
     assert all(p.startswith("/nix/store/") and "two-outputs" in p for p in outputs)
 
 
+async def decide_once(policy: Policy, node: Node, path: str) -> tuple[LightClient, Decision]:
+    """One decision through `node`'s control socket, the client closed after it."""
+    client = LightClient(
+        policy, [ControlSource(str(node.config.socket_path))], ClientState.load(policy)
+    )
+    try:
+        return client, await client.decide(path)
+    finally:
+        await client.aclose()
+
+
 def pin_policy(tmp_path: Path, socket: Path, pins: dict[str, str]) -> Path:
     path = write_policy(tmp_path, socket=socket)
     text = path.read_text()
@@ -301,13 +313,7 @@ async def test_a_pinned_checkpoint_the_log_extends_is_accepted(tmp_path: Path) -
         policy = load_policy(
             pin_policy(tmp_path, alice.config.socket_path, {"dan": pin.note.decode()})
         )
-        client = LightClient(
-            policy, [ControlSource(str(alice.config.socket_path))], ClientState.load(policy)
-        )
-        try:
-            d = await client.decide(f.entry(2).out_path)
-        finally:
-            await client.aclose()
+        client, d = await decide_once(policy, alice, f.entry(2).out_path)
         assert d.trusted and "dan" in d.agreed, client.problems
         assert not client.state.evidence
 
@@ -328,13 +334,7 @@ async def test_a_checkpoint_inconsistent_with_the_pin_is_evidence(tmp_path: Path
         policy = load_policy(
             pin_policy(tmp_path, alice.config.socket_path, {"dan": pin.note.decode()})
         )
-        client = LightClient(
-            policy, [ControlSource(str(alice.config.socket_path))], ClientState.load(policy)
-        )
-        try:
-            d = await client.decide(f.entry(2).out_path)
-        finally:
-            await client.aclose()
+        client, d = await decide_once(policy, alice, f.entry(2).out_path)
         assert "dan" not in d.agreed
         assert [e.kind for e in client.state.evidence] == ["inconsistent-history"]
         assert any("pinned checkpoint" in p for p in client.problems), client.problems

@@ -4,25 +4,17 @@ move while a node syncs from a builder (two real node processes)."""
 from __future__ import annotations
 
 import re
-import socket
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from tests import factories as f
-from tests.nodeproc import cli, node_config, running
+from tests.nodeproc import cli, free_port, node_config, running
 from trustix_p2p.config import NodeConfig
 from trustix_p2p.control.client import submit_leaves
 from trustix_p2p.keyfile import load_key_file
 from trustix_p2p.metrics import METRIC_NAMES, InstrumentedApp, ProxyMetrics, metrics_app
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def scrape(url: str) -> dict[str, float]:

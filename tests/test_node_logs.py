@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import socket
 import subprocess
 import sys
 import time
@@ -11,16 +10,9 @@ from pathlib import Path
 from typing import IO
 
 from tests import factories as f
-from tests.nodeproc import node_config, stop, wait_ready
+from tests.nodeproc import free_port, node_config, stop, wait_ready
 from trustix_p2p.control.client import ControlClient, submit_leaves
 from trustix_p2p.keyfile import load_key_file
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def verbose_node(config: Path, out: IO[bytes]) -> subprocess.Popen[bytes]:

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.nodeproc import terminate
 
 UNITS = Path(__file__).resolve().parent.parent / "deploy" / "systemd"
 NODE_UNIT = UNITS / "trustix-p2p.service"
@@ -78,10 +79,5 @@ def test_the_node_units_execstart_starts_a_node_that_answers_status(tmp_path: Pa
         assert answer is not None and answer.returncode == 0, answer and answer.stderr
         assert json.loads(answer.stdout)["public_key"]
     finally:
-        node.send_signal(signal.SIGTERM)
-        try:
-            node.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            node.kill()
-            node.wait()
+        terminate(node)
     assert node.returncode == 0
