@@ -262,6 +262,11 @@ def test_equivocation_is_exposed_at_every_honest_node(
     assert os.path.exists(h1.directory / "node.log")
 
 
+def answers(p: Proc) -> bool:
+    """Whether `p`'s node answers status on its control socket yet."""
+    return p.sock.exists() and cli("status", "--socket", str(p.sock)).returncode == 0
+
+
 def test_nodes_in_separate_network_namespaces_find_each_other_by_mdns(tmp_path: Path) -> None:
     from tests.netns import bridge_namespaces, netns_available
 
@@ -291,7 +296,8 @@ def test_nodes_in_separate_network_namespaces_find_each_other_by_mdns(tmp_path: 
                     cwd=Path(__file__).resolve().parents[1],
                 )
                 log.close()
-            wait_for("both control sockets", lambda: a.sock.exists() and b.sock.exists(), procs)
+            # The socket file appears at bind, a moment before the node listens on it.
+            wait_for("both control sockets", lambda: answers(a) and answers(b), procs)
             submit_leaves(a.sock, [f.leaf(i) for i in range(20)])
             wait_for("A's log at B, found by mDNS", lambda: size_at(b, a.log_id) == 20, procs)
             peers = {p["key"] for p in b.status()["peers"]}
