@@ -705,6 +705,10 @@ class _EngineSource:
             raise TrustixError(reply.reason)
         return Proof(reply.prefix_root, reply.note, tuple(reply.proof))
 
+    async def latest_checkpoint(self, log_id: bytes) -> bytes | None:
+        assert self.node.engine is not None
+        return self.node.engine.head_note(log_id)
+
     async def aclose(self) -> None:
         return None
 

@@ -31,6 +31,7 @@ from trustix_p2p.configfile import check_options, find_problems
 from trustix_p2p.errors import ConfigError
 from trustix_p2p.keyfile import write_key_file
 from trustix_p2p.options import (
+    BOOL,
     CHOICE,
     FOLLOW,
     INTEGER,
@@ -193,13 +194,14 @@ def test_log_level_takes_exactly_its_choices() -> None:
             check({"log_level": level})
 
 
-_GOOD = {PATH: "p", NUMBER: 1.5, INTEGER: 1, CHOICE: "info", STRINGS: ["h:1"]}
+_GOOD = {PATH: "p", NUMBER: 1.5, INTEGER: 1, CHOICE: "info", STRINGS: ["h:1"], BOOL: False}
 _WRONG: dict[str, list[object]] = {
     # A boolean is never a number, nor a float an integer.
     PATH: [1, True, ["p"], {"a": 1}, dt.date(2024, 1, 1)],
     NUMBER: [True, False, "1", [1], {"a": 1}],
     INTEGER: [True, 10.0, "1", [1]],
     CHOICE: [1, True, ["info"]],
+    BOOL: [1, 0, "true", ["yes"]],
     STRINGS: ["h:1", 1, {"a": "h:1"}, [1], ["h:1", True]],
     FOLLOW: ["k", 1, {"public_key": "k"}, ["k"]],
     MDNS: [True, "eth0", ["127.0.0.1"]],

@@ -137,6 +137,9 @@ class Liar:
             return attrs.evolve(proof, proof=tuple(bytes(32) for _ in proof.proof) or (bytes(32),))
         return proof
 
+    async def latest_checkpoint(self, log_id: bytes) -> bytes | None:
+        return await self.honest.latest_checkpoint(log_id)
+
     async def aclose(self) -> None:
         await self.honest.aclose()
 

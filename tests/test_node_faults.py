@@ -19,6 +19,7 @@ import pytest
 import trio
 
 from tests import factories as f
+from tests.logs import fields_of, render
 from tests.nodeproc import assert_one_line_error, cli, mount_tmpfs, node_config, running, umount
 from trustix_p2p.config import NodeConfig
 from trustix_p2p.control import protocol
@@ -28,6 +29,7 @@ from trustix_p2p.core.entry import MAX_ENTRY_BYTES, MAX_REFERENCES, Entry, encod
 from trustix_p2p.errors import ConfigError, NodeUnavailableError, RemoteProtocolError, StoreError
 from trustix_p2p.keyfile import write_key_file
 from trustix_p2p.node import Node
+from trustix_p2p.options import MetricsSettings
 from trustix_p2p.spool import pending_spool_files, write_spool
 from trustix_p2p.storage import Store
 
@@ -123,8 +125,9 @@ async def test_debris_that_cannot_be_moved_aside_is_skipped_with_one_log_line(
             with trio.fail_after(30):
                 await running_node.wait_until(lambda: n.spool_scans >= 5)
             assert running_node.own_log is not None and running_node.own_log.size == 1
-    skipped = [r.getMessage() for r in caplog.records if "skipping spool entry" in r.getMessage()]
-    assert len(skipped) == 2, skipped
+    skipped = [r for r in caplog.records if "skipping spool entry" in r.getMessage()]
+    assert len(skipped) == 2, render(skipped)
+    assert {fields_of(r)["file"] for r in skipped} == {"b-fifo.spool", "c-zero.spool"}
     assert (config.spool_path / "rejected").read_text() == "not a directory"
 
 
@@ -440,8 +443,9 @@ async def test_a_bug_in_a_control_handler_closes_only_that_connection(
         pytest.raises(NodeUnavailableError),
     ):
         await call(ControlClient(sock).status)
-    assert "control request StatusRequest failed" in caplog.text
-    assert "RuntimeError: a bug" in caplog.text  # with its traceback
+    (failed,) = [r for r in caplog.records if r.getMessage().startswith("control request failed")]
+    assert fields_of(failed) == {"node": node.name, "request": "StatusRequest"}
+    assert "RuntimeError: a bug" in render([failed])  # with its traceback
     monkeypatch.undo()
     assert await call(submit_leaves, sock, [f.leaf(3)]) == [0]
     assert (await call(ControlClient(sock).status)).size == 1
@@ -450,10 +454,19 @@ async def test_a_bug_in_a_control_handler_closes_only_that_connection(
 async def test_every_log_line_names_the_node(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    n = Node.open(make_config(tmp_path), name="alice")
-    with caplog.at_level(logging.INFO, logger="trustix_p2p.node"):
+    config = make_config(
+        tmp_path, listen=("127.0.0.1:0",), metrics=MetricsSettings(True, "127.0.0.1:0")
+    )
+    n = Node.open(config, name="alice")
+    with caplog.at_level(logging.DEBUG, logger="trustix_p2p"):
         async with _run(n) as running_node:
             await call(submit_leaves, running_node.config.socket_path, [f.leaf(1)])
             await running_node.sign_checkpoint_now()
-    lines = [r.getMessage() for r in caplog.records if r.name == "trustix_p2p.node"]
-    assert lines and all(line.startswith("[alice] ") for line in lines), lines
+    ours = [r for r in caplog.records if r.name.startswith("trustix_p2p.")]
+    assert {r.name for r in ours} >= {
+        "trustix_p2p.node",
+        "trustix_p2p.transport.server",
+        "trustix_p2p.proxy.server",  # hypercorn, serving the metrics
+    }
+    assert all(fields_of(r).get("node") == "alice" for r in ours), render(ours)
+    assert all(not r.getMessage().startswith("[") for r in ours), render(ours)

@@ -25,6 +25,7 @@ import pytest
 import trio
 import trio.testing
 
+from tests.logs import fields_of, render
 from trustix_p2p.core import wire
 from trustix_p2p.core.keys import PrivateKey
 from trustix_p2p.core.noise import LocalIdentity, NoiseSession, Role
@@ -312,10 +313,19 @@ async def test_eviction_closes_a_pending_handshake_and_lets_the_newcomer_in(
             assert srv.admission.established == 1
             assert srv.admission.pending == 2
             nursery.cancel_scope.cancel()
-    evictions = [r.getMessage() for r in caplog.records if "evicting" in r.getMessage()]
-    assert evictions == [
-        "evicting pending handshake from 10.0.0.66:0 to admit 10.0.0.1:1: "
-        "3 pending handshakes (limit 3), 3 of them from 10.0.0.66"
+    evictions = [r for r in caplog.records if "evicting" in r.getMessage()]
+    assert [(r.getMessage(), fields_of(r)) for r in evictions] == [
+        (
+            "evicting a pending handshake to admit a newcomer",
+            {
+                "addr": "10.0.0.66:0",
+                "newcomer": "10.0.0.1:1",
+                "pending": 3,
+                "limit": 3,
+                "from_source": 3,
+                "source": "10.0.0.66",
+            },
+        )
     ]
     assert all(r.exc_info is None for r in caplog.records)
 
@@ -342,8 +352,13 @@ async def test_handshake_completing_at_the_connection_limit_is_refused_with_an_e
             assert await ping(kept, 1) == 0
             assert srv.admission.connections_from("10.0.0.3") == 0
             nursery.cancel_scope.cancel()
-    assert "refusing connection from 10.0.0.3:1 (" in caplog.text
-    assert "after the handshake: 1 connections established (limit 1)" in caplog.text
+    (refusal,) = [r for r in caplog.records if r.getMessage().startswith("refusing")]
+    assert refusal.getMessage() == "refusing connection after the handshake"
+    assert fields_of(refusal) == {
+        "peer": CLIENT.public_key.to_base64(),
+        "addr": "10.0.0.3:1",
+        "reason": "1 connections established (limit 1)",
+    }
 
 
 def message_one() -> bytes:
@@ -507,8 +522,9 @@ async def test_ping_flooder_that_never_reads_is_dropped_and_an_honest_peer_is_se
     assert limits.send_timeout <= dropped - stalled <= limits.send_timeout + 1
     assert flood_ended and flood_ended[0] - dropped <= 1
     assert srv.admission.connections_from("10.0.0.66") == 0
-    assert "(limit" not in caplog.text  # dropped for not reading, not refused
-    assert "peer did not read for 30 s" in caplog.text
+    text = render(caplog.records)
+    assert "(limit" not in text  # dropped for not reading, not refused
+    assert "peer did not read for 30 s" in text
 
 
 # ---- real sockets ------------------------------------------------------------------------------
@@ -588,13 +604,14 @@ async def test_per_source_limit_refuses_only_the_extra_connection_from_that_sour
             await ping(held[-1], 10)
             for connection in held:
                 await connection.aclose()
-    refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refusing")]
+    refusals = [r for r in caplog.records if r.getMessage().startswith("refusing")]
     assert refusals
     assert all(
-        r.startswith("refusing connection from 127.0.0.2:")
-        and r.endswith("127.0.0.2 already holds 3 connections (limit 3)")
+        r.getMessage() == "refusing connection"
+        and str(fields_of(r)["addr"]).startswith("127.0.0.2:")
+        and fields_of(r)["reason"] == "127.0.0.2 already holds 3 connections (limit 3)"
         for r in refusals
-    )
+    ), render(refusals)
 
 
 class SilentFlood:
@@ -719,7 +736,7 @@ async def test_silent_flood_from_one_source_does_not_lock_out_honest_pings(
     flood, ok, attempts = await run_flood_against_honest_pings(["127.0.0.2"], caplog)
     assert flood.held_at_once == 300  # the attack was on: 300 connections open at once
     assert flood.closed_by_server > 0
-    assert "127.0.0.2 already holds 16 connections (limit 16)" in caplog.text
+    assert "127.0.0.2 already holds 16 connections (limit 16)" in render(caplog.records)
     assert ok / attempts >= 0.9, (ok, attempts)
 
 
@@ -730,5 +747,7 @@ async def test_silent_flood_from_many_sources_does_not_lock_out_honest_pings(
     sources = [f"127.0.0.{n}" for n in range(2, 41)]
     flood, ok, attempts = await run_flood_against_honest_pings(sources, caplog)
     assert flood.held_at_once == 300
-    assert "evicting pending handshake from 127.0.0." in caplog.text
+    assert "evicting a pending handshake to admit a newcomer addr=127.0.0." in render(
+        caplog.records
+    )
     assert ok / attempts >= 0.9, (ok, attempts)

@@ -33,6 +33,7 @@ from trustix_p2p.configfile import (
 from trustix_p2p.configfile import DEFAULT_CONFIG_PATH as _DEFAULT_CONFIG_FILE
 from trustix_p2p.errors import ConfigError, KeyFileError
 from trustix_p2p.options import (
+    BOOL,
     CHOICE,
     FOLLOW,
     INTEGER,
@@ -73,6 +74,7 @@ _ANNOTATIONS = {
     NUMBER: "float",
     INTEGER: "int",
     CHOICE: "str",
+    BOOL: "bool",
     STRINGS: "tuple[str, ...]",
     FOLLOW: "tuple[FollowEntry, ...]",
     MDNS: "MdnsSettings",
@@ -120,6 +122,7 @@ if TYPE_CHECKING:
         redial_interval: float = _DEFAULT
         anti_entropy_interval: float = _DEFAULT
         follow_unknown: str = _DEFAULT
+        follow_successors: bool = _DEFAULT
         follow: tuple[FollowEntry, ...] = _DEFAULT
         max_logs: int = _DEFAULT
         entries_per_request: int = _DEFAULT

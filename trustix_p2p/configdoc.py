@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from trustix_p2p.configfile import CONFIG_ENV, DEFAULT_CONFIG_PATH
 from trustix_p2p.options import (
+    BOOL,
     CHOICE,
     FOLLOW,
     INTEGER,
@@ -51,6 +52,7 @@ _TYPE_NAMES = {
     NUMBER: "number",
     INTEGER: "integer",
     CHOICE: "string",
+    BOOL: "boolean",
     STRINGS: "array of strings",
     FOLLOW: "array of tables",
     MDNS: "table",

@@ -66,5 +66,10 @@ class NixStoreError(StoreError):
     """A Nix store path, `.drv` file or the Nix store database cannot be read or queried."""
 
 
+class LogRetiredError(StoreError):
+    """The log was closed by its final checkpoint (`trustix-p2p log retire`): it takes no
+    more entries and signs no more checkpoints; its successor key continues it."""
+
+
 class NodeUnavailableError(TrustixError):
     """The local node's control socket is absent, refuses, or does not answer in time."""

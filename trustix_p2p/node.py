@@ -33,7 +33,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,7 @@ from trustix_p2p.executor import Executor, ThreadExecutor
 from trustix_p2p.gossip import engine as eng
 from trustix_p2p.gossip.messages import GetConsistency, NoData
 from trustix_p2p.keyfile import load_key_file
+from trustix_p2p.logfmt import ContextLogger, kv
 from trustix_p2p.metrics import NodeMetrics, metrics_app
 from trustix_p2p.ownlog import OwnLog
 from trustix_p2p.peering import Peering
@@ -124,7 +125,7 @@ class Node:
     events: Subscriber | None = None
     serve_control_socket: bool = True
     ingest_spool_files: bool = True
-    log: _NodeLog = attrs.field(init=False)
+    log: ContextLogger = attrs.field(init=False)
     _send: trio.MemorySendChannel[_Pending] = attrs.field(init=False)
     _recv: trio.MemoryReceiveChannel[_Pending] = attrs.field(init=False)
     _write_lock: trio.Lock = attrs.field(init=False, factory=trio.Lock)
@@ -150,7 +151,7 @@ class Node:
         if not self.name:
             self.name = self.key.public_key.to_base64()[:8] if self.key is not None else "relay"
         # Every line names the node: a process (or a simulation) may run many.
-        self.log = _NodeLog(log, {"node": self.name})
+        self.log = ContextLogger(log, {"node": self.name})
         self.engine = eng.Engine(
             self.store,
             self.engine_config(),
@@ -171,6 +172,7 @@ class Node:
         return eng.EngineConfig(
             follow=follow,
             follow_unknown=c.follow_unknown,
+            follow_successors=c.follow_successors,
             anti_entropy_interval=c.anti_entropy_interval,
             max_logs=c.max_logs,
             entries_per_request=c.entries_per_request,
@@ -236,6 +238,11 @@ class Node:
         """
         if self.own is None:
             raise ConfigError("this node has no key_file, so it keeps no log to submit to")
+        final = self.own.final
+        if final is not None:
+            # Unavailable, not refused: the post-build hook spools the entries, and the node
+            # started with the successor's key logs them.
+            raise NodeUnavailableError(str(self.own.retired_error(final)))
         if len(leaves) > self.config.max_submit_batch:
             raise RemoteProtocolError(
                 f"a submission may hold at most {self.config.max_submit_batch} leaves"
@@ -268,7 +275,8 @@ class Node:
         if now - self._last_write_failure_logged >= WRITE_FAILURE_LOG_INTERVAL:
             self._last_write_failure_logged = now
             self.log.error(
-                "cannot write %s to the store (retrying; logged once a minute): %s", what, exc
+                "cannot write to the store (retrying; logged once a minute)",
+                extra=kv(what=what, **self._own_log_field(), reason=exc),
             )
 
     def _reopen(self) -> None:
@@ -343,7 +351,9 @@ class Node:
                 self._write_failed("a new checkpoint", exc)
                 return previous
         if signed is not None and signed is not previous:
-            self.log.info("signed checkpoint: size %d", signed.checkpoint.size)
+            self.log.info(
+                "checkpoint signed", extra=kv(log=own.log_id.hex(), size=signed.checkpoint.size)
+            )
             if self.metrics is not None:
                 self.metrics.signed.inc()
             self.emit(
@@ -365,11 +375,16 @@ class Node:
         listen = self.config.metrics.listen
         try:
             self.metrics_url = await nursery.start(
-                partial(serve_proxy, metrics_app(metrics.registry, refresh), listen)
+                partial(
+                    serve_proxy,
+                    metrics_app(metrics.registry, refresh),
+                    listen,
+                    log=self.log.on("trustix_p2p.proxy.server"),
+                )
             )
         except OSError as exc:
             raise ConfigError(f"metrics: cannot listen on {listen}: {exc.strerror or exc}") from exc
-        self.log.info("metrics on %s/metrics", self.metrics_url)
+        self.log.info("serving metrics", extra=kv(url=f"{self.metrics_url}/metrics"))
 
     async def metrics_snapshot(self) -> dict[str, Any]:
         """What the metrics' gauges show: per log (hex id, mode, entries stored, head size,
@@ -403,7 +418,9 @@ class Node:
             if len(self._spool_skipped) > 10_000:
                 self._spool_skipped.clear()
             self._spool_skipped.add(ident)
-            self.log.error("skipping spool entry %r: %s (cannot move it aside)", path.name, why)
+            self.log.error(
+                "skipping spool entry (cannot move it aside)", extra=kv(file=path.name, reason=why)
+            )
 
     def _is_skipped(self, path: Path) -> bool:
         try:
@@ -417,7 +434,9 @@ class Node:
         if target is None:
             self._skip_once(path, why)
         else:
-            self.log.error("moved spool entry %r aside to %s: %s", path.name, target, why)
+            self.log.error(
+                "moved spool entry aside", extra=kv(file=path.name, to=target, reason=why)
+            )
 
     async def ingest_spool(self) -> int:
         """Submit every pending spool file, deleting each once all its valid leaves are durable.
@@ -427,12 +446,12 @@ class Node:
         `max_submit_batch`; invalid leaves are kept (the file is moved aside after its valid
         leaves are logged).  When the store cannot take writes the file stays for next time.
         """
-        if self.own is None:
-            return 0
+        if self.own is None or self.own.final is not None:
+            return 0  # a retired log: spooled entries wait for the successor's key
         try:
             paths = pending_spool_files(self.config.spool_path)
         except SpoolFileUnusable as exc:
-            self.log.error("cannot read the spool directory: %s", exc)
+            self.log.error("cannot read the spool directory", extra=kv(reason=exc))
             return 0
         ingested = 0
         for path in paths:
@@ -460,7 +479,7 @@ class Node:
                 for start in range(0, len(valid), step):
                     await self.submit(tuple(valid[start : start + step]))
             except NodeUnavailableError as exc:
-                self.log.warning("spool file %r kept for later: %s", path.name, exc)
+                self.log.warning("spool file kept for later", extra=kv(file=path.name, reason=exc))
                 return ingested
             ingested += len(valid)
             self.spool_ingested += len(valid)
@@ -470,7 +489,7 @@ class Node:
                 remove_spool(path)
             self._notify()
         if ingested:
-            self.log.info("ingested %d spooled entries", ingested)
+            self.log.info("ingested spooled entries", extra=kv(entries=ingested))
         self.spool_scans += 1
         self._notify()
         return ingested
@@ -511,6 +530,7 @@ class Node:
             peers=peers,
             follows=tuple(self._followed(info, syncing) for info in self.engine.logs()),
             evidence=len(self.engine.evidence()),
+            successor=cp.checkpoint.successor if cp is not None else None,
         )
 
     def _followed(
@@ -535,6 +555,7 @@ class Node:
             eta,
             info.head_from,
             info.head_receipts,
+            info.successor,
         )
 
     def evidence_rows(self) -> list[protocol.EvidenceRow]:
@@ -586,8 +607,15 @@ class Node:
         return protocol.ConsistencyReply(reply.prefix_root, reply.note, reply.proof)
 
     def _checkpoint_note(self, log_id: bytes | None) -> bytes | None:
+        """The stored checkpoint of the own log or of `log_id` (the one its stored entries
+        are verified against); for a log witnessed here, which keeps no entries, its head.
+        None for a log this node does not hold."""
+        if log_id is not None and not self.store.has_log(log_id):
+            return None
         target = self.own_log if log_id is None else self.store.log(log_id)
         cp = target.checkpoint() if target is not None else None
+        if cp is None and log_id is not None:
+            return self.engine.head_note(log_id)
         return cp.note if cp is not None else None
 
     # -- peers -----------------------------------------------------------------------------
@@ -697,6 +725,7 @@ class Node:
                                 network=self.network,
                                 secure=self.secure,
                                 random_bytes=self.random_bytes,
+                                log=self.log.on("trustix_p2p.transport.server"),
                             ),
                             list(self.config.listen),
                             self.key,
@@ -717,18 +746,28 @@ class Node:
                 # Last: once the control socket answers, everything it reports is running.
                 if self.serve_control_socket:
                     await nursery.start(
-                        partial(serve_control, limits=self.control_limits),
+                        partial(
+                            serve_control,
+                            limits=self.control_limits,
+                            log=self.log.on("trustix_p2p.control"),
+                        ),
                         self.config.socket_path,
                         self._answer,
                     )
                 if install_signal_handlers:
                     nursery.start_soon(self._watch_signals, nursery.cancel_scope)
-                self.log.info(
-                    "node ready: control socket %s, peers on %s%s",
-                    self.config.socket_path,
-                    ", ".join(self.listening) or "nothing (no key_file)",
-                    f", log {self.own.log_id.hex()}" if self.own is not None else "",
-                )
+                self.log.info("node ready", extra=kv(**self._ready_fields()))
+                if self.own is not None and (final := self.own.final) is not None:
+                    successor = final.checkpoint.successor
+                    assert successor is not None
+                    self.log.warning(
+                        "own log retired: submissions wait in the spool until the node runs "
+                        "with the successor's key_file",
+                        extra=kv(
+                            log=self.own.log_id.hex(),
+                            successor=PublicKey(successor).to_base64(),
+                        ),
+                    )
                 self.ready.set()
         except BaseExceptionGroup as group:
             _raise_first_trustix_error(group)
@@ -738,22 +777,30 @@ class Node:
                 try:
                     await self.sign_checkpoint_now()
                 except StoreError as exc:
-                    self.log.error("no final checkpoint: %s", exc)
+                    self.log.error(
+                        "no final checkpoint", extra=kv(**self._own_log_field(), reason=exc)
+                    )
+
+    def _ready_fields(self) -> dict[str, object]:
+        """What the "node ready" line reports: the control socket, the listen addresses and
+        the own log (fields left out when there is none)."""
+        fields: dict[str, object] = {"socket": self.config.socket_path}
+        if self.listening:
+            fields["listen"] = ",".join(self.listening)
+        return fields | self._own_log_field()
+
+    def _own_log_field(self) -> dict[str, object]:
+        """`log=<own log id>` for lines about the own log (nothing without one)."""
+        return {"log": self.own.log_id.hex()} if self.own is not None else {}
 
     async def _watch_signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
-                self.log.info("received signal %d, shutting down", signum)
+                self.log.info(
+                    "shutting down on a signal", extra=kv(signal=signal.Signals(signum).name)
+                )
                 scope.cancel()
                 return
-
-
-class _NodeLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """The node's logger: every line starts with the node's name."""
-
-    def process(self, msg: object, kwargs: MutableMapping[str, Any]) -> tuple[object, Any]:
-        assert self.extra is not None
-        return f"[{self.extra['node']}] {msg}", kwargs
 
 
 def _raise_first_trustix_error(group: BaseExceptionGroup[BaseException]) -> None:

@@ -20,6 +20,7 @@ else:
     from trustix_p2p.core.lean import NamedTuple
 
 __all__ = [
+    "BOOL",
     "CHOICE",
     "FOLLOW",
     "INTEGER",
@@ -46,6 +47,7 @@ PATH = "path"  # a string; `~` expanded, relative to the file's directory
 NUMBER = "number"
 INTEGER = "integer"
 CHOICE = "choice"  # a string, one of `choices`
+BOOL = "bool"  # true or false
 STRINGS = "strings"  # an array of strings, at most `max_items`
 FOLLOW = "follow"  # an array of tables {public_key, name?, mode?}: `FollowEntry` values
 MDNS = "mdns"  # a table {enabled?, interfaces?}: an `MdnsSettings` value
@@ -60,6 +62,7 @@ _EXPECTED = {
     NUMBER: "a number",
     INTEGER: "an integer",
     CHOICE: "a string",
+    BOOL: "a boolean (true or false)",
     STRINGS: "an array of strings",
     FOLLOW: "an array of tables",
     MDNS: "a table",
@@ -260,6 +263,8 @@ class Option:
             if not low <= value <= high:  # also refuses nan
                 return f"must be between {self.bounds_text()}, not {value!r}"
             return None
+        if kind == BOOL:
+            return None if isinstance(value, bool) else self._wrong_type(value)
         if kind == FOLLOW:
             if not isinstance(value, list):
                 return self._wrong_type(value)
@@ -435,6 +440,13 @@ OPTIONS: tuple[Option, ...] = (
         "logs heard of but not in `[[follow]]`: mirror them, witness them, or ignore them",
         default="witness",
         choices=("mirror", "witness", "ignore"),
+    ),
+    Option(
+        "follow_successors",
+        BOOL,
+        "follow the successor key a retired log's final checkpoint names, as that log was "
+        "followed (`trustix-p2p log retire`)",
+        default=True,
     ),
     Option(
         "follow",

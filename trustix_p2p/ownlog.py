@@ -17,6 +17,13 @@ size.  So the last signed checkpoint is also kept outside LevelDB, in the file
   lacks (a crash between the two writes) is stored again; a missing file is recreated from the
   store's own checkpoint (a store written before this file existed).
 
+Retirement (`trustix-p2p log retire`, `OwnLog.retire`): the builder signs a *final* checkpoint
+over every stored entry that names the key succeeding it; after that the log takes no entries
+and signs nothing more.  When the node next starts with the successor's key on the same state
+directory, the checkpoint file still holds the old log's final checkpoint: that is a handover
+(the file names this key as successor and the old log is in the store), the old log stays in
+the store as a closed log of this node, and the successor's log starts empty.
+
 The same rules run for the node and for `trustix-p2p log append` on a stopped node.  A simulated
 node, whose store is in memory (`Store.in_memory()`), keeps its "checkpoint file" in memory too
 (`MemoryCheckpointFile`), under the same rules.  This module reads and writes only the checkpoint
@@ -25,6 +32,7 @@ file; time comes in as an argument.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,11 +40,19 @@ from typing import Protocol
 
 import attrs
 
-from trustix_p2p.core.checkpoint import Checkpoint, SignedCheckpoint, origin_for, sign_checkpoint
+from trustix_p2p.core.checkpoint import (
+    Checkpoint,
+    SignedCheckpoint,
+    origin_for,
+    read_checkpoint_unverified,
+    sign_checkpoint,
+)
 from trustix_p2p.core.checkpoint import verify_checkpoint as verify_note
-from trustix_p2p.core.keys import PrivateKey
+from trustix_p2p.core.keys import PrivateKey, PublicKey
 from trustix_p2p.errors import (
+    ConfigError,
     DecodeError,
+    LogRetiredError,
     StoreCorruptError,
     StoreError,
     StoreWriteError,
@@ -165,6 +181,25 @@ class MemoryCheckpointFile:
         self._failures += count
 
 
+def _refuse_another_keys_store(store: Store, key: PrivateKey, file: CheckpointFile) -> None:
+    """Before a new own log is made: a store that holds another key's own log is taken over
+    only by the key its final checkpoint (in the checkpoint file) names as successor."""
+    others = [log_id for log_id in store.log_ids() if store.log(log_id).own]
+    if not others:
+        return
+    note = file.read()
+    if note is not None:
+        with contextlib.suppress(DecodeError):
+            cp = read_checkpoint_unverified(note)
+            if cp.successor == key.public_key.raw and cp.log_id in others:
+                return  # a handover, checked in full by `OwnLog.check`
+    raise StaleStoreError(
+        f"this state directory holds the log of another key ({others[-1].hex()}); a node "
+        "changes its key only by retiring the old log for the new key first (`trustix-p2p "
+        "log retire --successor NEWKEY`), or use another state directory"
+    )
+
+
 @attrs.define(eq=False)
 class OwnLog:
     """A builder's own log: its store, its key and its checkpoint file."""
@@ -180,9 +215,11 @@ class OwnLog:
         `state_dir`: the state directory (the checkpoint file is `signed-checkpoint` in it), or
         the CheckpointFile itself (a `MemoryCheckpointFile` for a store in memory).
         """
-        log = store.open_log(key.public_key, own=True)
         if isinstance(state_dir, str | os.PathLike):
             state_dir = DiskCheckpointFile(Path(state_dir) / CHECKPOINT_FILE)
+        if not store.has_log(key.public_key.log_id()):
+            _refuse_another_keys_store(store, key, state_dir)
+        log = store.open_log(key.public_key, own=True)
         own = cls(log, key, state_dir)
         own.check()
         return own
@@ -191,11 +228,57 @@ class OwnLog:
     def log_id(self) -> bytes:
         return self.log.log_id
 
+    @property
+    def final(self) -> SignedCheckpoint | None:
+        """The log's final checkpoint (it names the successor), if the log is retired."""
+        cp = self.log.checkpoint()
+        return cp if cp is not None and cp.checkpoint.successor is not None else None
+
+    def retired_error(self, final: SignedCheckpoint) -> LogRetiredError:
+        successor = final.checkpoint.successor
+        assert successor is not None
+        return LogRetiredError(
+            f"log {self.log_id.hex()} is retired: its final checkpoint (size "
+            f"{final.checkpoint.size}) names the successor key {PublicKey(successor).to_base64()}"
+            "; continue with the successor's key_file"
+        )
+
+    def _handover(self, note: bytes) -> bool:
+        """Whether `note` is the final checkpoint of another own log of this store that names
+        this key as its successor (checked against that log's stored tree)."""
+        try:
+            cp = read_checkpoint_unverified(note)
+        except DecodeError:
+            return False
+        if cp.successor != self.key.public_key.raw:
+            return False
+        store = self.log.store
+        old_id = cp.log_id
+        if not store.has_log(old_id) or not store.log(old_id).own:
+            return False
+        old = store.log(old_id)
+        try:
+            signed = verify_note(note, old.public_key)
+        except (DecodeError, VerificationError):
+            return False
+        if old.size < cp.size or old.root(cp.size) != cp.root:
+            raise StaleStoreError(
+                f"the checkpoint file {self.checkpoint_file} holds the final checkpoint of log "
+                f"{old_id.hex()} (size {cp.size}), but the store's copy of that log does not "
+                "reproduce it: restore the state directory from a backup"
+            )
+        stored = old.checkpoint()
+        if stored is None or stored.checkpoint.size < cp.size or not stored.checkpoint.final:
+            old.set_checkpoint(signed)
+        return True
+
     def check(self) -> None:
         """Refuse a store that does not hold what this builder last signed (see the module)."""
         path = self.checkpoint_file
         note = path.read()
         stored = self.log.checkpoint()
+        if note is not None and self._handover(note):
+            note = None  # the predecessor's final checkpoint: this log starts afresh
         if note is None:
             if stored is not None:
                 path.write(stored.note)
@@ -244,8 +327,56 @@ class OwnLog:
             )
 
     def append(self, records: Sequence[LeafRecord]) -> list[int]:
-        """Append durably (deduplicated by leaf bytes); the indices of the leaves."""
+        """Append durably (deduplicated by leaf bytes); the indices of the leaves.
+
+        LogRetiredError once the log's final checkpoint is signed."""
+        final = self.final
+        if final is not None:
+            raise self.retired_error(final)
         return self.log.append(records)
+
+    def _checked_root(self, previous: SignedCheckpoint | None, size: int) -> bytes:
+        """The root over every stored entry, after re-reading and re-hashing the new ones."""
+        log = self.log
+        if log.store.broken is not None:
+            raise StoreWriteError(
+                f"the store is not writable until it is reopened: {log.store.broken}"
+            )
+        start = previous.checkpoint.size if previous is not None else 0
+        checked = log.check_range(start, size)
+        root = log.frontier().root()
+        if checked.root() != root:
+            raise StoreCorruptError(
+                f"log {log.log_id.hex()}: the stored entries do not give the root in memory; "
+                "refusing to sign"
+            )
+        return root
+
+    def _publish(self, cp: Checkpoint) -> SignedCheckpoint:
+        signed = sign_checkpoint(cp, self.key)
+        self.checkpoint_file.write(signed.note)
+        self.log.set_checkpoint(signed)
+        return signed
+
+    def retire(self, successor: PublicKey, now: int) -> SignedCheckpoint:
+        """Sign the log's final checkpoint: every stored entry, and `successor` named as the
+        key that continues this builder's log.  Afterwards the log takes no entries and signs
+        nothing more.  Retiring again with the same successor returns the same checkpoint;
+        with another successor it is refused (LogRetiredError)."""
+        log = self.log
+        if successor.log_id() == log.log_id:
+            raise ConfigError("--successor: a log cannot name its own key as its successor")
+        previous = log.checkpoint()
+        final = self.final
+        if final is not None:
+            if final.checkpoint.successor == successor.raw:
+                return final
+            raise self.retired_error(final)
+        size = log.size
+        root = self._checked_root(previous, size)
+        if previous is not None:
+            now = max(now, previous.checkpoint.time)
+        return self._publish(Checkpoint(origin_for(log.log_id), size, root, now, successor.raw))
 
     def sign(self, now: int) -> SignedCheckpoint | None:
         """Sign a checkpoint over every stored entry if the log grew since the last one.
@@ -261,21 +392,13 @@ class OwnLog:
             )
         previous = log.checkpoint()
         size = log.size
-        if previous is not None and previous.checkpoint.size == size:
-            return previous
+        if previous is not None and (
+            previous.checkpoint.size == size or previous.checkpoint.successor is not None
+        ):
+            return previous  # nothing new, or retired: a final checkpoint is the last
         if previous is None and size == 0:
             return None
-        start = previous.checkpoint.size if previous is not None else 0
-        checked = log.check_range(start, size)
-        root = log.frontier().root()
-        if checked.root() != root:
-            raise StoreCorruptError(
-                f"log {log.log_id.hex()}: the stored entries do not give the root in memory; "
-                "refusing to sign"
-            )
+        root = self._checked_root(previous, size)
         if previous is not None:
             now = max(now, previous.checkpoint.time)
-        signed = sign_checkpoint(Checkpoint(origin_for(log.log_id), size, root, now), self.key)
-        self.checkpoint_file.write(signed.note)
-        log.set_checkpoint(signed)
-        return signed
+        return self._publish(Checkpoint(origin_for(log.log_id), size, root, now))

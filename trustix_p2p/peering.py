@@ -35,6 +35,7 @@ from trustix_p2p.core.keys import PublicKey
 from trustix_p2p.errors import ConfigError, TrustixError
 from trustix_p2p.events import EvidenceRecorded, HeadAccepted, NodeEvent
 from trustix_p2p.gossip import engine as eng
+from trustix_p2p.logfmt import ContextLogger, kv
 from trustix_p2p.transport import Connection, connect
 from trustix_p2p.transport.address import PeerAddress, parse_peer_address
 from trustix_p2p.transport.connection import CONNECTION_ERRORS
@@ -60,7 +61,7 @@ class Host(Protocol):
     listening: tuple[str, ...]
 
     @property
-    def log(self) -> logging.LoggerAdapter[Any]: ...
+    def log(self) -> ContextLogger: ...
 
     def clock(self) -> float: ...
 
@@ -90,6 +91,11 @@ PROGRESS_INTERVAL: Final = 10.0
 # Keys of peers whose connections ended, by peer id: the engine may still name them (a head
 # it judged after the connection it came on closed).
 PAST_PEERS: Final = 1024
+
+
+def _host_port(address: str) -> str:
+    """`host:port` of a peer address that may pin a key (`<key>@host:port`)."""
+    return address.rpartition("@")[2]
 
 
 @attrs.define(eq=False)
@@ -145,6 +151,11 @@ class Peering:
     received: int = attrs.field(init=False, default=0)
     bytes_in: int = attrs.field(init=False, default=0)
     sent: int = attrs.field(init=False, default=0)
+    # The node's bound fields (node=...) on this module's logger.
+    log: ContextLogger = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.log = self.node.log.on(log)
 
     # -- start ------------------------------------------------------------------------------
 
@@ -214,7 +225,7 @@ class Peering:
         except TrustixError as exc:
             # A store that cannot be written, say: that event is lost for the engine, which
             # asks again (anti-entropy, request timeouts); the node stays up.
-            self.node.log.error("gossip: %s", exc)
+            self.log.error("gossip: an engine call failed", extra=kv(reason=exc))
             return
         self._apply(actions)
         if self._deadline < self._timer_until:
@@ -244,7 +255,10 @@ class Peering:
                     self._learn(addresses)
                 case eng.Accepted(log_id, size, head_hash, peer):
                     if peer is not None:
-                        self.node.log.debug("log %s: head %d", log_id.hex()[:16], size)
+                        self.log.debug(
+                            "head accepted",
+                            extra=kv(log=log_id.hex(), size=size, peer=self._peer_key(peer)),
+                        )
                         if self.node.metrics is not None:
                             self.node.metrics.received.labels(log_id.hex()).inc()
                     self.node.emit(
@@ -259,9 +273,10 @@ class Peering:
                     if self.node.metrics is not None:
                         self.node.metrics.synced.labels(log_id.hex()).inc(count)
                 case eng.EvidenceFound(ident, kind, log_id, peer):
-                    who = "found here" if peer is None else f"from {self._peer_name(peer)}"
-                    self.node.log.warning(
-                        "evidence %s against log %s: %s (%s)", ident[:16], log_id.hex(), kind, who
+                    found = {} if peer is None else {"peer": self._peer_key(peer)}
+                    self.log.warning(
+                        "evidence recorded",
+                        extra=kv(log=log_id.hex(), kind=kind, evidence=ident, **found),
                     )
                     self.node.emit(
                         EvidenceRecorded,
@@ -285,10 +300,6 @@ class Peering:
             ),
         }
 
-    def _peer_name(self, peer: int) -> str:
-        conn = self._conns.get(peer)
-        return "a peer" if conn is None else PublicKey(conn.key).to_base64()[:8]
-
     def _peer_key(self, peer: int | None) -> str:
         """The base64 key of the peer with engine id `peer` ("" for None: this node)."""
         if peer is None:
@@ -305,20 +316,23 @@ class Peering:
             self._progress.pop(log_id, None)
         if size >= target and size - base > 10_000:
             rate = (size - base) / max(now - started, 1e-9)
-            self.node.log.info(
-                "log %s: synced to %d entries (%.0f entries/s)", log_id.hex()[:16], size, rate
+            self.log.info(
+                "log synced",
+                extra=kv(log=log_id.hex(), entries=size, rate=f"{rate:.0f}"),
             )
         elif now - self._last_progress_log >= PROGRESS_INTERVAL and size < target:
             self._last_progress_log = now
             rate = (size - base) / max(now - started, 1e-9)
             eta = (target - size) / rate if rate > 0 else math.inf
-            self.node.log.info(
-                "log %s: syncing, %d of %d entries (%.0f entries/s, about %.0f s left)",
-                log_id.hex()[:16],
-                size,
-                target,
-                rate,
-                eta,
+            self.log.info(
+                "log syncing",
+                extra=kv(
+                    log=log_id.hex(),
+                    entries=size,
+                    target=target,
+                    rate=f"{rate:.0f}",
+                    eta=f"{eta:.0f}",
+                ),
             )
 
     def sync_rates(self) -> dict[bytes, tuple[float, float]]:
@@ -357,7 +371,9 @@ class Peering:
             conn.record.last_reason = reason
         if ban:
             self._banned[conn.key] = (trio.current_time() + BAN_SECONDS, reason)
-            self.node.log.info("dropping peer %s: %s", name[:8], reason)
+            self.log.info(
+                "dropping peer", extra=kv(peer=name, addr=_host_port(conn.address), reason=reason)
+            )
         conn.closing = True
         with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
             conn.outbox.send_nowait(wire.Error(reason[:500]))
@@ -401,6 +417,12 @@ class Peering:
         self._conns[peer_id] = conn
         peer_name = connection.peer_key.to_base64()
         self.node.emit_connection(peer_name, "out" if outbound else "in", opened=True)
+        peer_log = self.log.bind(
+            peer=peer_name,
+            addr=_host_port(connection.remote_address),
+            direction="out" if outbound else "in",
+        )
+        peer_log.debug("peer connected")
         reason = ["closed"]
         try:
             with scope:
@@ -431,6 +453,7 @@ class Peering:
                 self._past_keys.popitem(last=False)
             if record is not None:
                 record.connected = False
+            peer_log.debug("peer disconnected", extra=kv(reason=reason[0]))
             self.node.emit_connection(
                 peer_name, "out" if outbound else "in", opened=False, reason=reason[0]
             )
@@ -478,7 +501,10 @@ class Peering:
             if message is None:
                 return
             if isinstance(message, wire.Error):
-                log.debug("peer %s says: %s", PublicKey(conn.key).to_base64()[:8], message.reason)
+                self.log.debug(
+                    "peer sent an error",
+                    extra=kv(peer=PublicKey(conn.key).to_base64(), reason=message.reason),
+                )
                 continue
             self.received += 1
             self.bytes_in += connection.last_message_size
@@ -585,6 +611,13 @@ class Peering:
             except CONNECTION_ERRORS as exc:
                 record.fails += 1
                 record.last_reason = str(exc)
+                who = {"peer": record.key} if record.key else {}
+                self.log.debug(
+                    "dial failed",
+                    extra=kv(
+                        **who, addr=_host_port(record.address), fails=record.fails, reason=exc
+                    ),
+                )
                 step = min(record.fails - 1, MAX_BACKOFF_STEPS)
                 record.next_attempt = trio.current_time() + node.config.redial_interval * 2**step
                 return
@@ -608,7 +641,11 @@ class Peering:
                 partial(self.node.store.put_record, b"R", name, value, durable=False)
             )
         except TrustixError as exc:
-            self.node.log.warning("cannot remember peer %s: %s", record.address, exc)
+            who = {"peer": record.key} if record.key else {}
+            self.log.warning(
+                "cannot remember peer",
+                extra=kv(**who, addr=_host_port(record.address), reason=exc),
+            )
 
     # -- mDNS ----------------------------------------------------------------------------------
 
@@ -618,7 +655,12 @@ class Peering:
         node = self.node
         assert node.key is not None
         port = int(node.listening[0].rpartition(":")[2])
-        discovery = MdnsDiscovery(node.key.public_key, port, node.config.mdns.interfaces)
+        discovery = MdnsDiscovery(
+            node.key.public_key,
+            port,
+            node.config.mdns.interfaces,
+            log=self.log.on("trustix_p2p.discovery.mdns"),
+        )
         send, receive = trio.open_memory_channel[Found](64)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(discovery.run, send)

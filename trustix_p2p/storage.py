@@ -376,11 +376,17 @@ class Store:
             raise LocalProtocolError(f"no node-wide records of kind {kind!r}")
 
     def own_log_id(self) -> bytes | None:
-        """The log id of this node's own log, if it has one."""
-        for log_id in self.log_ids():
-            if self.log(log_id).own:
+        """The log id of this node's own log, if it has one.
+
+        A node whose key was rotated (`trustix-p2p log retire`) holds its retired logs too,
+        still marked own: the log that is not closed by a final checkpoint is the current one.
+        """
+        own = [log_id for log_id in self.log_ids() if self.log(log_id).own]
+        for log_id in own:
+            cp = self.log(log_id).checkpoint()
+            if cp is None or cp.checkpoint.successor is None:
                 return log_id
-        return None
+        return own[0] if own else None
 
     def log(self, log_id: bytes) -> LogStore:
         """An existing log; StoreError if this store does not hold it."""

@@ -20,19 +20,31 @@ A node whose answer fails a check (a forged entry, a bad proof, a checkpoint tha
 verify, a stale or inconsistent one without a valid proof) is reported by name with what
 failed, and the builders it answered for are asked of the next node; nothing it said counts.
 Votes are then counted by `trustix_p2p.core.decision.decide`, by distinct builder key.
+
+A builder's log may be *retired*: its final checkpoint names the key that continues it
+(`trustix-p2p log retire`).  Its entries up to that checkpoint still count; a checkpoint of
+that log larger than the final one, or another final one naming a different successor, is
+retirement-conflict evidence (the key is in other hands) and excludes the builder.  Where the
+policy says `follow_successor = true` for the builder, the successor's log is the builder's
+too: its entries are verified with the successor's key and vote as that builder (one vote,
+whichever of its logs the entries are in; different NAR hashes across them are a conflict).
+The client learns of a retirement from a final checkpoint it verifies, with a path's entries
+or by asking its nodes for the latest checkpoint of each builder's newest log (at most every
+`SUCCESSOR_REFRESH` seconds).  Without `follow_successor` the successor's entries
+count for nothing until the policy lists its key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import attrs
 import trio
 
-from trustix_p2p.client.policy import Policy, PolicyBuilder
+from trustix_p2p.client.policy import MAX_SUCCESSORS, Policy, PolicyBuilder, successor_of
 from trustix_p2p.client.state import ClientState
 from trustix_p2p.core import evidence as ev
 from trustix_p2p.core import merkle
@@ -44,7 +56,7 @@ from trustix_p2p.core.checkpoint import (
 )
 from trustix_p2p.core.decision import Decision, decide
 from trustix_p2p.core.entry import Entry, decode_entry
-from trustix_p2p.core.keys import PrivateKey
+from trustix_p2p.core.keys import PrivateKey, PublicKey
 from trustix_p2p.errors import (
     DecodeError,
     NodeUnavailableError,
@@ -53,7 +65,19 @@ from trustix_p2p.errors import (
     VerificationError,
 )
 
-__all__ = ["ControlSource", "Hit", "LightClient", "NoiseSource", "Source", "sources_for"]
+__all__ = [
+    "SUCCESSOR_REFRESH",
+    "ControlSource",
+    "Hit",
+    "LightClient",
+    "NoiseSource",
+    "Source",
+    "sources_for",
+]
+
+#: Seconds between asks for the latest checkpoint of the builders whose successors are
+#: followed (a retirement of a log with no entry for the paths asked is learned so).
+SUCCESSOR_REFRESH = 60.0
 
 
 @attrs.frozen
@@ -80,6 +104,10 @@ class Source(Protocol):
     async def path_hits(self, out_path: str) -> list[Hit]: ...
 
     async def consistency(self, log_id: bytes, old: int, new: int) -> Proof: ...
+
+    async def latest_checkpoint(self, log_id: bytes) -> bytes | None:
+        """The newest checkpoint note of the log the node holds, if any."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -133,6 +161,11 @@ class ControlSource:
         reply = await self._call("consistency", log_id, old, new)
         return Proof(reply.prefix_root, reply.note, tuple(reply.proof))  # type: ignore[attr-defined]
 
+    async def latest_checkpoint(self, log_id: bytes) -> bytes | None:
+        note = await self._call("checkpoint", log_id)
+        assert note is None or isinstance(note, bytes)
+        return note
+
     async def evidence_documents(self) -> list[str]:
         rows = await self._call("evidence_list")
         assert isinstance(rows, list)
@@ -155,6 +188,9 @@ class NoiseSource:
     _scope: trio.CancelScope | None = None
     # One request at a time on the connection: replies are matched by arriving next.
     _lock: trio.Lock = attrs.field(factory=trio.Lock)
+    # The heads the node pushed (its greeting, then new ones): log id -> checkpoint note.
+    _heads: dict[bytes, bytes] = attrs.field(factory=dict)
+    _greeted: bool = False
 
     def __attrs_post_init__(self) -> None:
         self.name = self.name or f"node {self.address}"
@@ -187,6 +223,9 @@ class NoiseSource:
                     raise NodeUnavailableError(f"{self.name} closed the connection")
                 if isinstance(message, reply_type):
                     return message
+                if isinstance(message, m.Heads) and len(self._heads) < 100_000:
+                    for head in message.heads:
+                        self._heads[hashlib.sha256(head.public_key).digest()] = head.note
                 if isinstance(message, m.NoData):
                     raise NodeUnavailableError(f"{self.name}: {message.reason}")
         raise RemoteProtocolError(f"{self.name} did not answer")
@@ -207,6 +246,16 @@ class NoiseSource:
         reply = await self._ask(m.GetConsistency(log_id, old, new), m.Consistency)
         assert isinstance(reply, m.Consistency)
         return Proof(reply.prefix_root, reply.note, reply.proof)
+
+    async def latest_checkpoint(self, log_id: bytes) -> bytes | None:
+        """From the heads the node greeted this client with (a ping's answer comes after
+        them on the same stream), and those it pushed since."""
+        from trustix_p2p.core import wire
+
+        if not self._greeted:
+            await self._ask(wire.Ping(0), wire.Pong)
+            self._greeted = True
+        return self._heads.get(log_id)
 
     async def aclose(self) -> None:
         if self._connection is not None:
@@ -243,15 +292,107 @@ class LightClient:
     # already found consistent with the cached one: one check each per run, not per path.
     _verified: dict[tuple[bytes, bytes], SignedCheckpoint] = attrs.field(factory=dict)
     _consistent: set[tuple[bytes, bytes]] = attrs.field(factory=set)
+    # Every log that votes for a policy builder: log id -> (the policy's builder, the builder
+    # under that log's key: itself, or a successor followed after a retirement).
+    _logs: dict[bytes, tuple[PolicyBuilder, PolicyBuilder]] = attrs.field(factory=dict)
+    _successors_asked: float | None = None
 
     def __attrs_post_init__(self) -> None:
+        for builder in self.policy.builders:
+            self._logs[builder.log_id] = (builder, builder)
+        for builder in self.policy.builders:
+            view = builder
+            for _ in range(MAX_SUCCESSORS):
+                cached = self.state.checkpoint(view)
+                nxt = self._follow(builder, view, cached) if cached is not None else None
+                if nxt is None:
+                    break
+                view = nxt
         self._refresh_exclusions()
 
     def _refresh_exclusions(self) -> None:
         if not self.policy.exclude_on_evidence:
             return
         for document in self.state.evidence:
-            self.excluded.setdefault(document.public_key.raw, f"evidence: {document.kind}")
+            known = self._logs.get(document.public_key.log_id())
+            key = known[0].public_key.raw if known is not None else document.public_key.raw
+            self.excluded.setdefault(key, f"evidence: {document.kind}")
+
+    def builder_for_log(self, log_id: bytes) -> PolicyBuilder | None:
+        """The builder under whose key `log_id` is verified (a successor's, for its log)."""
+        known = self._logs.get(log_id)
+        return known[1] if known is not None else None
+
+    def _root(self, view: PolicyBuilder) -> PolicyBuilder:
+        known = self._logs.get(view.log_id)
+        return known[0] if known is not None else view
+
+    def _follow(
+        self, root: PolicyBuilder, view: PolicyBuilder, signed: SignedCheckpoint
+    ) -> PolicyBuilder | None:
+        """If `signed` (a verified checkpoint of `view`'s log) closes the log, the builder
+        under its successor's key, when the policy follows it (None otherwise)."""
+        successor = signed.checkpoint.successor
+        if successor is None:
+            return None
+        try:
+            key = PublicKey(successor)
+        except (TrustixError, ValueError):
+            return None
+        known = self._logs.get(key.log_id())
+        if known is not None:
+            return known[1] if known[0] == root else None
+        if not root.follow_successor:
+            self._note(
+                f"{root.name}: log {view.log_id.hex()[:16]} retired at size "
+                f"{signed.checkpoint.size}; its successor {key.to_base64()} is not followed "
+                "(follow_successor = false): add the key to the policy to trust it"
+            )
+            return None
+        if root.public_key.raw in self.excluded:
+            return None
+        if sum(1 for r, _ in self._logs.values() if r == root) > MAX_SUCCESSORS:
+            return None
+        nxt = successor_of(root, successor)
+        self._logs[nxt.log_id] = (root, nxt)
+        return nxt
+
+    def _note(self, line: str) -> None:
+        if line not in self.problems:
+            self.problems.append(line)
+
+    async def refresh_successors(self) -> None:
+        """Ask every node for the latest checkpoint of each builder's newest log: a verified
+        final one adds its successor's log where the policy follows it (and is reported
+        where it does not)."""
+        self._successors_asked = trio.current_time()
+        for root in self.policy.builders:
+            if root.public_key.raw in self.excluded:
+                continue
+            view = root
+            for _ in range(MAX_SUCCESSORS + 1):
+                for source in self.sources:
+                    try:
+                        note = await source.latest_checkpoint(view.log_id)
+                        if note is None:
+                            continue
+                        signed = self._verify_note(note, view)
+                        try:
+                            self._check_witnesses(view, signed)
+                        except VerificationError:
+                            continue  # not cosigned as the policy asks: learned from hits
+                        await self._check_consistent(source, view, signed)
+                    except NodeLied as exc:
+                        self.report(source, str(exc))
+                    except (TrustixError, OSError, trio.TooSlowError) as exc:
+                        self.report(source, f"{root.name}: latest checkpoint: {exc}")
+                nxt = None
+                cached = self.state.checkpoint(view)
+                if cached is not None:
+                    nxt = self._follow(root, view, cached)
+                if nxt is None:
+                    break
+                view = nxt
 
     def report(self, source: Source, what: str) -> None:
         line = f"{source.name}: {what}"
@@ -275,17 +416,22 @@ class LightClient:
                 except (DecodeError, VerificationError) as exc:
                     self.report(source, f"served evidence that does not verify: {exc}")
                     continue
-                if self.policy.builder_for_log(evidence.public_key.log_id()) is not None:
+                if self.builder_for_log(evidence.public_key.log_id()) is not None:
                     self.state.add_evidence(evidence)
         self._refresh_exclusions()
 
     async def decide(self, store_path: str) -> Decision:
         """Ask, verify, decide (see the module docstring)."""
+        if (
+            self._successors_asked is None
+            or trio.current_time() - self._successors_asked >= SUCCESSOR_REFRESH
+        ):
+            await self.refresh_successors()
         verified: dict[bytes, list[Entry]] = {}
         answered: set[bytes] = set()
         full_path = store_path
         for source in self.sources:
-            wanted = {b.log_id for b in self.policy.builders} - answered
+            wanted = set(self._logs) - answered
             if not wanted:
                 break
             try:
@@ -295,9 +441,9 @@ class LightClient:
                 continue
             failed: set[bytes] = set()
             per_log: dict[bytes, list[Entry]] = {}
-            for hit in hits:
-                builder = self.policy.builder_for_log(hit.log_id)
-                if builder is None or hit.log_id not in wanted or hit.log_id in failed:
+            for hit in self._in_known_order(hits):
+                builder = self.builder_for_log(hit.log_id)
+                if builder is None or hit.log_id in answered or hit.log_id in failed:
                     continue
                 try:
                     entry = await self._verify_hit(source, builder, hit, store_path)
@@ -334,6 +480,21 @@ class LightClient:
             full_path, self.policy.decision_builders(), self.policy.threshold, by_key, self.excluded
         )
 
+    def _in_known_order(self, hits: Sequence[Hit]) -> Iterator[Hit]:
+        """The hits of logs known to vote, then those of successor logs learned meanwhile
+        (a final checkpoint in this very answer names them)."""
+        rest = list(hits)
+        while rest:
+            later = []
+            for hit in rest:
+                if hit.log_id in self._logs:
+                    yield hit
+                else:
+                    later.append(hit)
+            if len(later) == len(rest):
+                return
+            rest = later
+
     async def decide_many(
         self, store_paths: Sequence[str], concurrency: int = 16
     ) -> list[Decision]:
@@ -351,9 +512,8 @@ class LightClient:
         return [r for r in results if r is not None]
 
     def _key_of(self, log_id: bytes) -> bytes:
-        builder = self.policy.builder_for_log(log_id)
-        assert builder is not None
-        return builder.public_key.raw
+        """The policy builder's key a log votes under (a successor's log: its builder's)."""
+        return self._logs[log_id][0].public_key.raw
 
     async def _verify_hit(
         self, source: Source, builder: PolicyBuilder, hit: Hit, store_path: str
@@ -425,10 +585,14 @@ class LightClient:
         cp = signed.checkpoint
         if cached is None:
             self.state.remember(builder, signed)
-            return
-        await self._check_pair(source, builder, cached, signed, "the cached checkpoint")
-        if cp.size > cached.checkpoint.size:
-            self.state.remember(builder, signed)
+        else:
+            await self._check_pair(source, builder, cached, signed, "the cached checkpoint")
+            if cp.size > cached.checkpoint.size or (
+                cp.size == cached.checkpoint.size and cp.successor is not None
+            ):
+                self.state.remember(builder, signed)
+        if cp.successor is not None:
+            self._follow(self._root(builder), builder, signed)
 
     def _pinned(self, builder: PolicyBuilder) -> SignedCheckpoint | None:
         if builder.pinned_checkpoint is None:
@@ -460,6 +624,19 @@ class LightClient:
         pair = (c.body(), cp.body())
         if pair in self._consistent:
             return
+        for final, other in ((known, signed), (signed, known)):
+            f, o = final.checkpoint, other.checkpoint
+            if f.successor is not None and (
+                o.size > f.size or (o.successor is not None and o.successor != f.successor)
+            ):
+                # Signed after the log was closed, or closed twice: the key is in other hands.
+                self._evidence(
+                    builder, ev.retirement_conflict(builder.public_key, final.note, other.note)
+                )
+                raise VerificationError(
+                    f"{builder.name}'s retired log has a checkpoint that contradicts its final "
+                    "one (evidence kept)"
+                )
         if cp.size == c.size:
             if cp.root != c.root:
                 self._evidence(builder, ev.split_view(builder.public_key, known.note, signed.note))
@@ -514,7 +691,7 @@ class LightClient:
             f"evidence against {builder.name}: {evidence.kind} ({ev.evidence_id(evidence)[:16]})"
         )
         if self.policy.exclude_on_evidence:
-            self.excluded[builder.public_key.raw] = f"evidence: {evidence.kind}"
+            self.excluded[self._root(builder).public_key.raw] = f"evidence: {evidence.kind}"
 
     async def aclose(self) -> None:
         for source in self.sources:

@@ -11,6 +11,8 @@ witness_threshold = 0                 # K cosignatures from the witnesses below,
 [[builders]]
 name = "alice"
 public_key = "<base64 Ed25519 key>"
+# pinned_checkpoint = '''<a checkpoint note of alice's known to be good>'''
+# follow_successor = false            # trust the key alice's log names when she retires it
 [[witnesses]]
 name = "w1"
 public_key = "<base64 Ed25519 key>"
@@ -38,9 +40,18 @@ from trustix_p2p.core.keys import PublicKey
 from trustix_p2p.errors import ConfigError, DecodeError, VerificationError
 from trustix_p2p.transport.address import parse_peer_address
 
-__all__ = ["Policy", "PolicyBuilder", "load_policy", "policy_from_dict"]
+__all__ = [
+    "MAX_SUCCESSORS",
+    "Policy",
+    "PolicyBuilder",
+    "load_policy",
+    "policy_from_dict",
+    "successor_of",
+]
 
 MAX_BUILDERS = 1024
+#: How many retirements in a row a client follows for one builder.
+MAX_SUCCESSORS = 8
 _KEYS = {
     "threshold",
     "exclude_on_evidence",
@@ -57,14 +68,24 @@ _KEYS = {
 
 @attrs.frozen
 class PolicyBuilder:
+    """A trusted builder (or witness): its name and key, a pinned checkpoint of its log, and
+    whether its log's successor is followed when the log is retired.  For a successor log
+    the client uses a PolicyBuilder of the same name with the successor's key
+    (`successor_of`): it votes as the builder of the policy, never as another one."""
+
     name: str
     public_key: PublicKey
-    # Issue 12 adds pinned checkpoints; the field is read now so policies stay valid.
     pinned_checkpoint: str | None = None
+    follow_successor: bool = False
 
     @property
     def log_id(self) -> bytes:
         return self.public_key.log_id()
+
+
+def successor_of(builder: PolicyBuilder, successor: bytes) -> PolicyBuilder:
+    """The builder under the successor key a final checkpoint of its log names."""
+    return PolicyBuilder(builder.name, PublicKey(successor), None, builder.follow_successor)
 
 
 @attrs.frozen
@@ -104,7 +125,10 @@ def _people(data: Any, what: str) -> tuple[PolicyBuilder, ...]:
         raise _error(f"at most {MAX_BUILDERS} {what}")
     out: list[PolicyBuilder] = []
     for i, item in enumerate(data, 1):
-        unknown = set(item) - {"name", "public_key", "pinned_checkpoint"}
+        allowed = {"name", "public_key", "pinned_checkpoint"}
+        if what == "builders":
+            allowed.add("follow_successor")
+        unknown = set(item) - allowed
         if unknown:
             raise _error(f"{what} #{i}: unknown key {sorted(unknown)[0]!r}")
         name, key = item.get("name"), item.get("public_key")
@@ -126,7 +150,10 @@ def _people(data: Any, what: str) -> tuple[PolicyBuilder, ...]:
                 raise _error(
                     f"{what} {name!r}: pinned_checkpoint is not a checkpoint its key signed: {exc}"
                 ) from exc
-        out.append(PolicyBuilder(name, public_key, pinned))
+        follow = item.get("follow_successor", False)
+        if not isinstance(follow, bool):
+            raise _error(f"{what} {name!r}: follow_successor must be true or false")
+        out.append(PolicyBuilder(name, public_key, pinned, follow))
     keys = [b.public_key for b in out]
     for b in out:
         if keys.count(b.public_key) > 1:

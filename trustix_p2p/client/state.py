@@ -20,7 +20,7 @@ from pathlib import Path
 
 import attrs
 
-from trustix_p2p.client.policy import Policy, PolicyBuilder
+from trustix_p2p.client.policy import MAX_SUCCESSORS, Policy, PolicyBuilder, successor_of
 from trustix_p2p.core import evidence as ev
 from trustix_p2p.core.checkpoint import SignedCheckpoint, verify_checkpoint
 from trustix_p2p.errors import ConfigError, DecodeError, VerificationError
@@ -60,15 +60,21 @@ class ClientState:
                 "(the client then trusts the next checkpoints it sees of each log)"
             ) from exc
         for builder in policy.builders:
-            note = checkpoints.get(builder.log_id.hex())
-            if not isinstance(note, str):
-                continue
-            try:
-                state.checkpoints[builder.log_id] = verify_checkpoint(
-                    note.encode(), builder.public_key
-                )
-            except (DecodeError, VerificationError):
-                continue  # forgotten, never believed
+            # The builder's log, then (where the policy follows them) its successors' logs.
+            view = builder
+            for _ in range(MAX_SUCCESSORS + 1):
+                note = checkpoints.get(view.log_id.hex())
+                if not isinstance(note, str):
+                    break
+                try:
+                    signed = verify_checkpoint(note.encode(), view.public_key)
+                except (DecodeError, VerificationError):
+                    break  # forgotten, never believed
+                state.checkpoints[view.log_id] = signed
+                successor = signed.checkpoint.successor
+                if successor is None or not builder.follow_successor:
+                    break
+                view = successor_of(builder, successor)
         for document in documents if isinstance(documents, list) else []:
             try:
                 evidence = ev.from_document(document)
@@ -83,7 +89,15 @@ class ClientState:
 
     def remember(self, builder: PolicyBuilder, signed: SignedCheckpoint) -> None:
         current = self.checkpoints.get(builder.log_id)
-        if current is None or signed.checkpoint.size > current.checkpoint.size:
+        if (
+            current is None
+            or signed.checkpoint.size > current.checkpoint.size
+            or (  # the log's final checkpoint over the same tree: the log is closed
+                signed.checkpoint.size == current.checkpoint.size
+                and signed.checkpoint.successor is not None
+                and current.checkpoint.successor is None
+            )
+        ):
             self.checkpoints[builder.log_id] = signed
             self.dirty = True
 

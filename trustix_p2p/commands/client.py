@@ -37,6 +37,7 @@ from trustix_p2p.core.decision import Decision
 from trustix_p2p.core.nix32 import format_nar_hash
 from trustix_p2p.core.storepath import DEFAULT_STORE_DIR
 from trustix_p2p.errors import ConfigError, DecodeError
+from trustix_p2p.logfmt import configure_logging, kv
 
 __all__ = ["register", "resolve_paths"]
 
@@ -134,7 +135,7 @@ async def _serve_cache_proxy(
         async with lock:
             decision = await client.decide(store_path)
             for line in client.problems:
-                log.warning("%s", line)
+                log.warning("decision problem", extra=kv(path=store_path, problem=line))
             client.problems.clear()
             if metrics is not None:
                 metrics.decisions.labels("trusted" if decision.trusted else "untrusted").inc()
@@ -148,19 +149,21 @@ async def _serve_cache_proxy(
     try:
         async with trio.open_nursery() as nursery:
             url = await nursery.start(serve_proxy, app, listen)
-            log.info("cache proxy on %s (nix.conf: substituters = %s)", url, url)
+            log.info(
+                "cache proxy ready; nix.conf's substituters may point at it", extra=kv(url=url)
+            )
             if metrics is not None and metrics_listen is not None:
                 murl = await nursery.start(
                     serve_proxy, metrics_app(metrics.registry), metrics_listen
                 )
-                log.info("cache proxy metrics on %s/metrics", murl)
+                log.info("serving cache proxy metrics", extra=kv(url=f"{murl}/metrics"))
     finally:
         await client.aclose()
         client.state.save()
 
 
 def cmd_cache_proxy(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(logging.INFO)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: a normal way to stop it
         trio.run(_serve_cache_proxy, args.policy, args.listen, args.nix_key, args.metrics_listen)
     return 0

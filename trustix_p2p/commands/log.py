@@ -19,7 +19,14 @@ from typing import Any
 
 from trustix_p2p.core import merkle
 from trustix_p2p.core.entry import encode_entry, entry_from_json
-from trustix_p2p.errors import DecodeError, LocalProtocolError, StoreError
+from trustix_p2p.core.keys import PublicKey
+from trustix_p2p.errors import (
+    ConfigError,
+    DecodeError,
+    LocalProtocolError,
+    StoreError,
+    TrustixError,
+)
 from trustix_p2p.keyfile import load_key_file
 from trustix_p2p.ownlog import OwnLog
 from trustix_p2p.statedir import make_private_dir
@@ -103,6 +110,40 @@ def cmd_append(args: argparse.Namespace) -> int:
                 "appended": log.size - before,
                 "size": log.size,
                 "root": _b64(cp.checkpoint.root) if cp else _b64(merkle.EMPTY_ROOT),
+            }
+        )
+    return 0
+
+
+def successor_key(text: str) -> PublicKey:
+    """`--successor`: a base64 Ed25519 public key, or the path of the successor's key file."""
+    try:
+        return PublicKey.from_base64(text)
+    except (TrustixError, ValueError):
+        pass
+    path = Path(text)
+    if not path.exists():
+        raise ConfigError(
+            f"--successor: {text[:80]!r} is neither a base64 public key nor a key file"
+        )
+    return load_key_file(path).public_key
+
+
+def cmd_retire(args: argparse.Namespace) -> int:
+    key = load_key_file(args.key)
+    successor = successor_key(args.successor)
+    with _open_store(args.state) as store:
+        own = OwnLog.open(store, key, args.state)
+        final = own.retire(successor, int(time.time()))
+        cp = final.checkpoint
+        _emit(
+            {
+                "log_id": own.log_id.hex(),
+                "size": cp.size,
+                "root": _b64(cp.root),
+                "successor": successor.to_base64(),
+                "successor_log_id": successor.log_id_hex(),
+                "checkpoint": final.note.decode(),
             }
         )
     return 0
@@ -217,6 +258,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="entries per durable write and checkpoint (default 10000)",
     )
     p.set_defaults(func=cmd_append)
+
+    p = lsub.add_parser(
+        "retire",
+        help="close the log with a final checkpoint naming its successor key",
+        description="Sign the log's final checkpoint over every stored entry, naming "
+        "SUCCESSOR as the key that continues this builder's log; afterwards the log takes no "
+        "entries and signs no checkpoints. Start the node with the successor's key_file on "
+        "the same state directory to continue. Prints the final checkpoint as JSON.",
+    )
+    p.add_argument("--state", type=Path, required=True, help="the node's state directory")
+    p.add_argument("--key", type=Path, required=True, help="the retiring log's key file")
+    p.add_argument(
+        "--successor",
+        required=True,
+        metavar="NEWKEY",
+        help="the successor's base64 public key (`trustix-p2p pubkey`), or its key file",
+    )
+    p.set_defaults(func=cmd_retire)
 
     p = common("checkpoint", "print the latest checkpoint note, exactly as signed")
     p.set_defaults(func=cmd_checkpoint)

@@ -20,6 +20,7 @@ from trustix_p2p.config import load_node_config
 from trustix_p2p.control import protocol
 from trustix_p2p.control.client import ControlClient
 from trustix_p2p.errors import ConfigError, StoreError
+from trustix_p2p.logfmt import configure_logging
 from trustix_p2p.node import run_node
 
 
@@ -40,8 +41,7 @@ def _process_setup() -> None:
 def cmd_node(args: argparse.Namespace) -> int:
     config = load_node_config(args.config)
     _process_setup()
-    level = logging.DEBUG if args.verbose else getattr(logging, config.log_level.upper())
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(logging.DEBUG if args.verbose else config.log_level)
     trio.run(run_node, config)
     return 0
 
@@ -63,6 +63,7 @@ def _followed(f: protocol.FollowedLog, now: float) -> dict[str, object]:
         "evidence": f.evidence,
         "head_from": None if f.head_from is None else _b64(f.head_from),
         "head_receipts": f.head_receipts,
+        "successor": None if f.successor is None else _b64(f.successor),
         "sync": None
         if f.sync_rate is None
         else {"entries_per_second": f.sync_rate, "seconds_left": f.sync_eta},
@@ -85,6 +86,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "listen": list(s.listen),
         "peers": [{"key": p.key, "address": p.address, "direction": p.direction} for p in peers],
         "evidence": s.evidence,
+        "successor": None if s.successor is None else _b64(s.successor),
         "follows": [_followed(f, now) for f in s.follows],
     }
     print(json.dumps(out))

@@ -225,6 +225,8 @@ class FollowedLog:
     # The peer the latest checkpoint came from first, and how often it was received.
     head_from: bytes | None = wire.field(wire.Nullable(_KEY), default=None)
     head_receipts: int = wire.field(_UINT63, default=0)
+    # The successor key named by the log's final checkpoint (the log is retired).
+    successor: bytes | None = wire.field(wire.Nullable(_KEY), default=None)
 
 
 @attrs.frozen
@@ -246,6 +248,8 @@ class Status:
         wire.ListOf(wire.Struct(FollowedLog), MAX_FOLLOWED), converter=tuple, default=()
     )
     evidence: int = wire.field(_UINT63, default=0)
+    # The own log is retired: the successor key its final checkpoint names.
+    successor: bytes | None = wire.field(wire.Nullable(_KEY), default=None)
 
 
 @attrs.frozen

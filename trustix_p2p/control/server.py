@@ -35,10 +35,11 @@ import trio
 from trustix_p2p.control import protocol
 from trustix_p2p.core.lean.frame import FrameReader
 from trustix_p2p.errors import ConfigError, DecodeError
+from trustix_p2p.logfmt import ContextLogger, kv
 
 __all__ = ["ControlLimits", "serve_control", "unix_listener"]
 
-log = logging.getLogger("trustix_p2p.control")
+_log = logging.getLogger("trustix_p2p.control")
 
 #: sun_path is 108 bytes on Linux, one of which is the terminating NUL.
 MAX_SOCKET_PATH = 107
@@ -84,6 +85,7 @@ class _Server:
     handler: Handler
     limits: ControlLimits
     budget: _ByteBudget
+    log: ContextLogger = attrs.field(factory=lambda: ContextLogger(_log))
     clients: set[_Client] = attrs.field(factory=set)
 
     def _make_room(self) -> bool:
@@ -99,7 +101,10 @@ class _Server:
 
     async def handle(self, stream: trio.SocketStream) -> None:
         if not self._make_room():
-            log.warning("control socket: %d clients busy, refusing one", len(self.clients))
+            self.log.warning(
+                "control socket: all clients busy, refusing one",
+                extra=kv(clients=len(self.clients)),
+            )
             await trio.aclose_forcefully(stream)
             return
         client = _Client(trio.CancelScope())
@@ -117,7 +122,7 @@ class _Server:
         with trio.move_on_after(self.limits.send_timeout):
             await stream.send_all(reply)
             return True
-        log.info("control socket: a client did not take its reply; closing it")
+        self.log.info("control socket: a client did not take its reply; closing it")
         return False
 
     async def _serve(self, stream: trio.SocketStream, client: _Client) -> None:
@@ -135,8 +140,9 @@ class _Server:
             except Exception:
                 # A bug in a handler: logged with its traceback, and it ends only this
                 # connection (the same policy as for peer connections); the node runs on.
-                log.exception(
-                    "control request %s failed; closing that connection", type(request).__name__
+                self.log.exception(
+                    "control request failed; closing that connection",
+                    extra=kv(request=type(request).__name__),
                 )
                 return
             if not await self._send(stream, reply):
@@ -254,11 +260,14 @@ async def serve_control(
     handler: Handler,
     *,
     limits: ControlLimits | None = None,
+    log: ContextLogger | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the control socket at `path` until cancelled."""
+    """Serve the control socket at `path` until cancelled, logging to `log` (a node passes
+    its own, so the lines name it)."""
     limits = limits or ControlLimits()
-    server = _Server(handler, limits, _ByteBudget(max(limits.read_budget, protocol.MAX_FRAME)))
+    budget = _ByteBudget(max(limits.read_budget, protocol.MAX_FRAME))
+    server = _Server(handler, limits, budget, log if log is not None else ContextLogger(_log))
     async with unix_listener(path) as listener:
         task_status.started()
         await trio.serve_listeners(server.handle, [listener])

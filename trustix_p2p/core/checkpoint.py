@@ -3,9 +3,11 @@
 Formats followed exactly:
 - https://c2sp.org/tlog-checkpoint: the note text is the origin line, the tree size in
   decimal without leading zeros, the base64 root hash, then extension lines.  trustix-p2p
-  fixes the origin to `trustix-p2p/<hex log id>` and uses exactly one extension line,
-  `time <unix seconds>` (DESIGN §3), so a body is exactly four lines and parsing accepts
-  nothing else.
+  fixes the origin to `trustix-p2p/<hex log id>` and uses the extension line
+  `time <unix seconds>` (DESIGN §3), so a body is exactly four lines; the one exception is
+  a log's *final* checkpoint, which closes the log and names the key that succeeds it in a
+  second extension line, `successor <base64 Ed25519 public key>` (`trustix-p2p log
+  retire`).  Parsing accepts nothing else.
 - https://c2sp.org/signed-note: the log signs with Ed25519 (type 0x01) under key name = origin.
 - https://c2sp.org/tlog-cosignature (Ed25519, type 0x04): a witness signs
   `cosignature/v1\\ntime <t>\\n` + body; its signature line carries
@@ -21,6 +23,7 @@ This module is pure: no I/O, no clock (times are always passed in), no randomnes
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 from collections.abc import Iterable
 
@@ -75,6 +78,8 @@ _ORIGIN_RE = re.compile(r"trustix-p2p/([0-9a-f]{64})")
 # Decimal without leading zeros; at most 19 digits so no huge integer is ever parsed.
 _DECIMAL_RE = re.compile(r"0|[1-9][0-9]{0,18}")
 _COSIGNATURE_HEADER = b"cosignature/v1\ntime "
+_SUCCESSOR_PREFIX = "successor "
+_KEY_SIZE = 32
 
 
 def origin_for(log_id: bytes) -> str:
@@ -103,15 +108,28 @@ def _parse_decimal(text: str, what: str) -> int:
 
 @attrs.frozen
 class Checkpoint:
-    """A tree head: log origin, tree size, RFC 9162 root hash and signing time (unix s)."""
+    """A tree head: log origin, tree size, RFC 9162 root hash and signing time (unix s).
+
+    `successor` (raw 32-byte Ed25519 public key) is set only in a log's final checkpoint: the
+    log is closed at this size and its builder continues under that key.
+    """
 
     origin: str
     size: int
     root: bytes
     time: int
+    successor: bytes | None = None
 
     def body_text(self) -> str:
-        return f"{self.origin}\n{self.size}\n{b64encode(self.root)}\ntime {self.time}\n"
+        text = f"{self.origin}\n{self.size}\n{b64encode(self.root)}\ntime {self.time}\n"
+        if self.successor is not None:
+            text += f"{_SUCCESSOR_PREFIX}{b64encode(self.successor)}\n"
+        return text
+
+    @property
+    def final(self) -> bool:
+        """Whether this checkpoint closes its log (it names a successor)."""
+        return self.successor is not None
 
     @functools.cached_property
     def _body(self) -> bytes:
@@ -135,13 +153,22 @@ def validate_checkpoint(cp: Checkpoint) -> None:
             raise DecodeError(f"checkpoint {what} must be an integer in 0 .. 2**63-1")
     if type(cp.root) is not bytes or len(cp.root) != _ROOT_SIZE:
         raise DecodeError(f"checkpoint root must be {_ROOT_SIZE} bytes")
+    if cp.successor is not None:
+        if type(cp.successor) is not bytes or len(cp.successor) != _KEY_SIZE:
+            raise DecodeError(f"checkpoint successor must be a {_KEY_SIZE}-byte public key")
+        if hashlib.sha256(cp.successor).digest() == log_id_from_origin(cp.origin):
+            raise DecodeError("a log cannot name its own key as its successor")
 
 
 def parse_checkpoint_body(text: str) -> Checkpoint:
-    """Parse the four-line checkpoint body strictly (no other extension lines accepted)."""
+    """Parse the four-line checkpoint body strictly, or the five-line body of a final
+    checkpoint (`successor <base64 key>` after the time line); nothing else is accepted."""
     lines = text.split("\n")
-    if len(lines) != 5 or lines[4] != "":
-        raise DecodeError("checkpoint body must be exactly 4 newline-terminated lines")
+    if len(lines) not in (5, 6) or lines[-1] != "":
+        raise DecodeError(
+            "checkpoint body must be exactly 4 newline-terminated lines "
+            "(5 in a final checkpoint naming its successor)"
+        )
     origin, size_text, root_text, time_line = lines[:4]
     log_id_from_origin(origin)
     size = _parse_decimal(size_text, "size")
@@ -151,7 +178,19 @@ def parse_checkpoint_body(text: str) -> Checkpoint:
     if not time_line.startswith("time "):
         raise DecodeError("checkpoint must have exactly one 'time <unix seconds>' extension line")
     time = _parse_decimal(time_line[len("time ") :], "time")
-    return Checkpoint(origin, size, root, time)
+    successor: bytes | None = None
+    if len(lines) == 6:
+        line = lines[4]
+        if not line.startswith(_SUCCESSOR_PREFIX):
+            raise DecodeError("a checkpoint's fifth line must be 'successor <base64 public key>'")
+        successor = b64decode_strict(line[len(_SUCCESSOR_PREFIX) :], "checkpoint successor key")
+        if len(successor) != _KEY_SIZE:
+            raise DecodeError(
+                f"checkpoint successor key must be {_KEY_SIZE} bytes, got {len(successor)}"
+            )
+        if hashlib.sha256(successor).digest() == log_id_from_origin(origin):
+            raise DecodeError("a log cannot name its own key as its successor")
+    return Checkpoint(origin, size, root, time, successor)
 
 
 @attrs.frozen

@@ -15,6 +15,12 @@ that is what makes false evidence impossible:
   could not say which size-m tree the size-n tree extends.  A *rollback* (a checkpoint signed
   after, but smaller than, another) is this case with the smaller one as "older": the order
   is by tree size, never by signing time.
+- **Retirement conflict** (`RetirementConflict`): a log's final checkpoint, which closes the
+  log and names its successor key (`trustix-p2p log retire`), and another checkpoint of the
+  same log that contradicts it: a larger one (the log went on after it was closed) or another
+  final one naming a different successor.  An honest node never signs either, so both
+  signatures together show that the key is used by someone else (it was stolen) or that its
+  builder lies.
 
 Three encodings of the same fields, each strict on input:
 - the JSON document of DESIGN §4 (`to_document`/`to_json`, `from_document`/`from_json`),
@@ -63,6 +69,7 @@ __all__ = [
     "Evidence",
     "EvidenceMessage",
     "InconsistentHistory",
+    "RetirementConflict",
     "SplitView",
     "describe_evidence",
     "evidence_id",
@@ -71,6 +78,7 @@ __all__ = [
     "from_json",
     "from_message",
     "inconsistent_history",
+    "retirement_conflict",
     "split_view",
     "to_document",
     "to_json",
@@ -119,8 +127,22 @@ class InconsistentHistory:
     kind: ClassVar[str] = "inconsistent-history"
 
 
-Evidence: TypeAlias = SplitView | InconsistentHistory
-KINDS: Final = (SplitView.kind, InconsistentHistory.kind)
+@attrs.frozen
+class RetirementConflict:
+    """A log's final checkpoint (it names a successor) and a checkpoint that contradicts it.
+
+    `checkpoints` is (final note, other note): the other is larger than the final one, or
+    is itself final and names another successor (then the two are in canonical order:
+    smaller size first, then smaller body).
+    """
+
+    public_key: PublicKey
+    checkpoints: tuple[bytes, bytes]
+    kind: ClassVar[str] = "retirement-conflict"
+
+
+Evidence: TypeAlias = SplitView | InconsistentHistory | RetirementConflict
+KINDS: Final = (SplitView.kind, InconsistentHistory.kind, RetirementConflict.kind)
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,6 +218,24 @@ def _verify_inconsistent_history(ev: InconsistentHistory) -> None:
         ) from exc
 
 
+def _verify_retirement_conflict(ev: RetirementConflict) -> None:
+    final, other = (
+        _verified_checkpoint(ev.public_key, note, i) for i, note in enumerate(ev.checkpoints)
+    )
+    if final.successor is None:
+        raise VerificationError("checkpoints[0] is not a final checkpoint (it names no successor)")
+    if other.size > final.size:
+        return  # signed beyond the size at which the log was closed
+    if other.successor is not None and other.successor != final.successor:
+        if (final.size, final.body()) > (other.size, other.body()):
+            raise VerificationError("two final checkpoints must be in canonical order")
+        return  # two final checkpoints naming different successors
+    raise VerificationError(
+        f"checkpoints[1] (size {other.size}) does not contradict the final checkpoint of size "
+        f"{final.size}: it is neither larger nor a final checkpoint naming another successor"
+    )
+
+
 def verify_evidence(ev: Evidence) -> None:
     """Check that `ev` proves misbehaviour by the log of `ev.public_key`.
 
@@ -203,10 +243,13 @@ def verify_evidence(ev: Evidence) -> None:
     a note that is not a checkpoint of this key's log (origin `trustix-p2p/<hex log id>`), a
     signature that does not verify, identical checkpoints, a split view whose sizes differ or
     whose roots are equal, or an inconsistent history with m >= n, m == 0, prefix_root equal
-    to the older root, or a consistency proof that does not verify.
+    to the older root, or a consistency proof that does not verify, or a retirement conflict
+    whose first checkpoint names no successor or whose second does not contradict it.
     """
     if isinstance(ev, SplitView):
         _verify_split_view(ev)
+    elif isinstance(ev, RetirementConflict):
+        _verify_retirement_conflict(ev)
     else:
         _verify_inconsistent_history(ev)
 
@@ -237,6 +280,19 @@ def inconsistent_history(
     return ev
 
 
+def retirement_conflict(public_key: PublicKey, final: bytes, other: bytes) -> RetirementConflict:
+    """Retirement-conflict evidence: `final` names a successor and `other` contradicts it.
+
+    Two final checkpoints are put in canonical order; `VerificationError` unless evidence.
+    """
+    a, b = read_checkpoint_unverified(final), read_checkpoint_unverified(other)
+    if b.successor is not None and b.size <= a.size and (b.size, b.body()) < (a.size, a.body()):
+        final, other = other, final
+    ev = RetirementConflict(public_key, (final, other))
+    verify_evidence(ev)
+    return ev
+
+
 def evidence_log_id(ev: Evidence) -> bytes:
     """The id of the accused log: SHA-256 of the raw public key."""
     return ev.public_key.log_id()
@@ -251,6 +307,13 @@ def describe_evidence(ev: Evidence) -> str:
     a, b = (read_checkpoint_unverified(note) for note in ev.checkpoints)
     if isinstance(ev, SplitView):
         return f"{head}: two checkpoints of size {a.size} with different roots"
+    if isinstance(ev, RetirementConflict):
+        if b.size > a.size:
+            return (
+                f"{head}: a checkpoint of size {b.size} signed after the log was closed at size "
+                f"{a.size} (the key is in other hands)"
+            )
+        return f"{head}: two final checkpoints naming different successors"
     return (
         f"{head}: the size-{b.size} checkpoint's tree does not extend the size-{a.size} "
         f"checkpoint (its first {a.size} leaves have a different root)"
@@ -300,7 +363,7 @@ def evidence_id(ev: Evidence) -> str:
     proof: list[bytes] = []
     if isinstance(ev, SplitView):
         notes.sort()
-    else:
+    elif isinstance(ev, InconsistentHistory):
         prefix_root = ev.prefix_root
         proof = list(ev.consistency_proof)
     packed: bytes = msgpack.packb(
@@ -317,6 +380,7 @@ def evidence_id(ev: Evidence) -> str:
 _COMMON_KEYS: Final = ("version", "kind", "public_key", "checkpoints")
 _KEYS: Final = {
     SplitView.kind: _COMMON_KEYS,
+    RetirementConflict.kind: _COMMON_KEYS,
     InconsistentHistory.kind: (*_COMMON_KEYS, "prefix_root", "consistency_proof"),
 }
 
@@ -430,6 +494,8 @@ def from_document(obj: object) -> Evidence:
     notes = _doc_notes(obj)
     if kind == SplitView.kind:
         return SplitView(public_key, notes)
+    if kind == RetirementConflict.kind:
+        return RetirementConflict(public_key, notes)
     prefix_root = _doc_hash(obj["prefix_root"], "evidence prefix_root")
     hashes = _doc_list(obj, "consistency_proof")
     if len(hashes) > MAX_PROOF_HASHES:
@@ -503,7 +569,7 @@ class EvidenceMessage(wire.Message):
 
 def to_message(ev: Evidence) -> EvidenceMessage:
     """The wire form of `ev`."""
-    if isinstance(ev, SplitView):
+    if isinstance(ev, SplitView | RetirementConflict):
         return EvidenceMessage(ev.kind, ev.public_key.raw, ev.checkpoints, None, ())
     return EvidenceMessage(
         ev.kind, ev.public_key.raw, ev.checkpoints, ev.prefix_root, ev.consistency_proof
@@ -527,11 +593,14 @@ def from_message(m: EvidenceMessage) -> Evidence:
         _decode_note(m.checkpoints[1], f"{where}.checkpoints[1]"),
     )
     public_key = PublicKey(m.public_key)
-    if m.kind == SplitView.kind:
+    if m.kind in (SplitView.kind, RetirementConflict.kind):
+        what = "a split view" if m.kind == SplitView.kind else "a retirement conflict"
         if m.prefix_root is not None:
-            raise DecodeError(f"{where}.prefix_root: a split view carries none")
+            raise DecodeError(f"{where}.prefix_root: {what} carries none")
         if m.consistency_proof:
-            raise DecodeError(f"{where}.consistency_proof: a split view carries none")
+            raise DecodeError(f"{where}.consistency_proof: {what} carries none")
+        if m.kind == RetirementConflict.kind:
+            return RetirementConflict(public_key, notes)
         return SplitView(public_key, notes)
     if m.prefix_root is None:
         raise DecodeError(f"{where}.prefix_root: inconsistent-history evidence needs one")

@@ -62,6 +62,7 @@ from zeroconf import ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
 from trustix_p2p.core.keys import PublicKey
 from trustix_p2p.errors import ConfigError, DecodeError
+from trustix_p2p.logfmt import ContextLogger, kv
 from trustix_p2p.transport.address import format_host_port
 
 __all__ = [
@@ -74,7 +75,7 @@ __all__ = [
     "found_from_service",
 ]
 
-log = logging.getLogger(__name__)
+_log = logging.getLogger(__name__)
 
 SERVICE_TYPE: Final = "_trustix._tcp.local."
 # The TXT record format version; a node ignores services of a version it does not know.
@@ -365,7 +366,7 @@ def _devices_of(addresses: Sequence[str]) -> set[str]:
     return devices
 
 
-def _bind_to_device(zc: Zeroconf, addresses: Sequence[str]) -> None:
+def _bind_to_device(zc: Zeroconf, addresses: Sequence[str], log: ContextLogger) -> None:
     """Bind every socket zeroconf reads from to the one device holding `addresses`.
 
     Why: see the module docstring.  Not IP_MULTICAST_ALL=0, the obvious alternative: zeroconf
@@ -383,9 +384,8 @@ def _bind_to_device(zc: Zeroconf, addresses: Sequence[str]) -> None:
     devices = _devices_of(addresses)
     if len(devices) != 1:
         log.info(
-            "mDNS: %s are on %d network devices; other interfaces may overhear",
-            ", ".join(addresses),
-            len(devices),
+            "mDNS: the interfaces are not on one network device; others may overhear",
+            extra=kv(interfaces=",".join(addresses), devices=len(devices)),
         )
         return
     (device,) = devices
@@ -397,12 +397,15 @@ def _bind_to_device(zc: Zeroconf, addresses: Sequence[str]) -> None:
         if isinstance(sock := getattr(reader, "sock", None), socket.socket | TransportSocket)
     ]
     if not sockets:
-        log.warning("mDNS: cannot bind zeroconf's sockets to %s", device)
+        log.warning("mDNS: cannot bind zeroconf's sockets to the device", extra=kv(device=device))
     for sock in sockets:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
         except OSError as exc:  # EPERM before Linux 5.7 without CAP_NET_RAW
-            log.warning("mDNS: cannot bind zeroconf's sockets to %s (%s)", device, exc.strerror)
+            log.warning(
+                "mDNS: cannot bind zeroconf's sockets to the device",
+                extra=kv(device=device, reason=exc.strerror),
+            )
             return
 
 
@@ -445,7 +448,8 @@ class MdnsDiscovery:
     there, and its sockets are bound to their device when there is one (see the module
     docstring).  `port` is the node's listen port as others should dial it.  The advertised
     address defaults to the first interface address, the instance name to
-    `trustix-<first 16 hex digits of the log id>`.
+    `trustix-<first 16 hex digits of the log id>`.  `log` is where it logs (a node passes
+    its own, so the lines name it).
     """
 
     def __init__(
@@ -456,6 +460,7 @@ class MdnsDiscovery:
         *,
         instance_name: str | None = None,
         advertise_host: str | None = None,
+        log: ContextLogger | None = None,
     ) -> None:
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise ConfigError(f"mDNS: port {port!r} out of range")
@@ -480,6 +485,8 @@ class MdnsDiscovery:
         self.stats: Final = MdnsStats()
         # What was reported, by service name: read it (status), never change it.
         self.services: Final = ServiceTable()
+        # Lines name the node that runs this discovery when it passes its logger.
+        self.log: Final = log if log is not None else ContextLogger(_log)
 
     @property
     def service_name(self) -> str:
@@ -542,7 +549,7 @@ class MdnsDiscovery:
                 f"mDNS: cannot listen on {', '.join(self.interfaces)}: {exc}"
             ) from exc
         handles.zeroconf = zc
-        _bind_to_device(zc, self.interfaces)
+        _bind_to_device(zc, self.interfaces, self.log)
         handles.browser = ServiceBrowser(zc, SERVICE_TYPE, handlers=[on_change])
 
     # -- trio side --------------------------------------------------------------------------
@@ -568,11 +575,13 @@ class MdnsDiscovery:
         loop = zc.loop
         assert loop is not None, "zeroconf starts its loop in its constructor"
         await _wait_future(asyncio.run_coroutine_threadsafe(_register(zc, info), loop))
-        log.info(
-            "mDNS: advertising %s at %s on %s",
-            info.name,
-            format_host_port(self.advertise_host, self.port),
-            ", ".join(self.interfaces),
+        self.log.info(
+            "mDNS: advertising",
+            extra=kv(
+                service=info.name,
+                addr=format_host_port(self.advertise_host, self.port),
+                interfaces=",".join(self.interfaces),
+            ),
         )
 
     async def _dispatch(
@@ -617,7 +626,14 @@ class MdnsDiscovery:
                     return  # it said goodbye while we asked: what we got is stale
                 if isinstance(result, Found):
                     if self.services.offer(name, result):
-                        log.debug("mDNS: found %s (%r)", result.address, name[:100])
+                        self.log.debug(
+                            "mDNS: found a peer",
+                            extra=kv(
+                                peer=result.public_key.to_base64(),
+                                addr=format_host_port(result.host, result.port),
+                                service=name[:100],
+                            ),
+                        )
                         await found.send(result)
                 elif result is not None:
                     # No longer valid: forget it, so it is reported again once it is valid.
@@ -647,10 +663,10 @@ class MdnsDiscovery:
             )
         except (ZeroconfError, concurrent.futures.CancelledError) as exc:
             complete = False
-            log.debug("mDNS: resolving %r failed: %r", name[:100], exc)
+            self.log.debug("mDNS: resolving failed", extra=kv(service=name[:100], reason=repr(exc)))
         if not complete:
             self.stats.unresolved_services += 1
-            log.debug("mDNS: no complete answer for %r", name[:100])
+            self.log.debug("mDNS: no complete answer", extra=kv(service=name[:100]))
             return None
         try:
             properties, addresses, port = info.properties, info.parsed_addresses(), info.port
@@ -665,4 +681,4 @@ class MdnsDiscovery:
 
     def _ignore(self, name: str, reason: str) -> None:
         self.stats.ignored_services += 1
-        log.debug("mDNS: ignoring service %r: %s", name[:100], reason)
+        self.log.debug("mDNS: ignoring a service", extra=kv(service=name[:100], reason=reason))

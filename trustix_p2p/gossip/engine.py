@@ -22,6 +22,13 @@ What a node knows of a log is its *head*: the latest checkpoint it accepted, kep
   `prefix_root` at the head's size, shows that it extends the head; a proof whose prefix root
   differs from a signed checkpoint of that size is evidence of an inconsistent history.
 
+A log's *final* checkpoint (it names a successor key, `trustix-p2p log retire`) closes the log:
+a checkpoint larger than it, or another final one naming a different successor, is
+retirement-conflict evidence at once (two signatures suffice; no proof is needed), so nothing
+signed after the close is ever accepted.  A final head at the size of the head replaces it.  A
+node that follows a log follows its successor too, in the same mode and under the same name
+(`follow_successors`), unless evidence names the retired log.
+
 A checkpoint that cannot be judged yet is kept (per log, up to `max_pending_per_log`) and
 judged again whenever the head advances or entries arrive.  A mirror then fetches entries in
 bounded ranges, each with the responder's signed checkpoint of the head's size and the
@@ -89,6 +96,8 @@ MODES: Final = ("mirror", "witness")
 # The newest pieces of evidence a node sends each peer when it connects.
 EVIDENCE_ON_CONNECT: Final = 16
 UNKNOWN_MODES: Final = ("mirror", "witness", "ignore")
+# Heads of logs not followed, remembered (the newest) for successors followed later.
+IGNORED_HEADS: Final = 1024
 
 
 # What a node answers when asked for entries of a log it does not keep (a peer that says so
@@ -135,6 +144,8 @@ class EngineConfig:
     relay_delay: float = 0.2
     # A peer that does not mirror a log is not asked for its entries again for this long.
     not_mirroring_retry: float = 300.0
+    # Follow the successor a retired log names (its final checkpoint), as the log was.
+    follow_successors: bool = True
 
 
 # -- actions ----------------------------------------------------------------------------------
@@ -264,6 +275,16 @@ class Verifier:
 _SIGNATURE_LINE: Final = "\n\u2014 ".encode()
 
 
+def _contradicts(final: Checkpoint, other: Checkpoint) -> bool:
+    """Whether `other` contradicts `final`, if `final` closes its log (names a successor):
+    larger than it, or final too and naming another successor."""
+    if final.successor is None:
+        return False
+    return other.size > final.size or (
+        other.successor is not None and other.successor != final.successor
+    )
+
+
 def _sha(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
@@ -391,6 +412,8 @@ class LogInfo:
     syncing: bool
     head_from: bytes | None = None
     head_receipts: int = 0
+    # The successor key the log's final head names (the log is retired), if any.
+    successor: bytes | None = None
 
 
 @attrs.frozen
@@ -434,6 +457,9 @@ class Engine:
         # refusal expires, or at anti-entropy.
         self._stalled: set[bytes] = set()
         self._dirty_notes: set[bytes] = set()
+        # The latest head heard of each log not followed: log id -> (public key, note, head
+        # message, peer), so a successor followed later is judged at once.
+        self._ignored: OrderedDict[bytes, tuple[bytes, bytes, m.Head | None, int]] = OrderedDict()
         self._next_anti_entropy = now + config.anti_entropy_interval * rng.uniform(0.5, 1.0)
         self._now = now
         # The digest of the head message being judged (so a new head counts its receipts).
@@ -474,6 +500,8 @@ class Engine:
             view = self._logs.get(record.log_id)
             if view is not None:
                 view.evidence += 1
+        for view in list(self._logs.values()):
+            self._follow_successor(view)
 
     def _add_log(self, lg: LogStore, mode: str, name: str | None) -> _Log:
         view = _Log(lg.log_id, lg.public_key, mode, name, lg)
@@ -496,6 +524,39 @@ class Engine:
         if mode == "mirror" and signed is not None and lg.size < signed.checkpoint.size:
             self._attend_to(lg.log_id)
         return view
+
+    def _follow_successor(self, view: _Log, out: list[Action] | None = None) -> None:
+        """Follow the successor named by the log's final head, as the log is followed (and
+        judge the successor's head, if one was heard of before it was followed)."""
+        head = view.head
+        if (
+            head is None
+            or head.checkpoint.successor is None
+            or view.mode == "own"
+            or view.evidence
+            or not self.config.follow_successors
+        ):
+            return
+        try:
+            successor = PublicKey(head.checkpoint.successor)
+        except (TrustixError, ValueError):
+            return
+        known = self._logs.get(successor.log_id())
+        if known is None:
+            if len(self._logs) < self.config.max_logs:
+                self._open(successor, view.mode, view.name)
+                heard = self._ignored.pop(successor.log_id(), None)
+                p = self._peers.get(heard[3]) if heard is not None else None
+                if heard is not None and p is not None and out is not None:
+                    self._on_checkpoint(p, heard[0], heard[1], self._now, out, heard[2])
+            return
+        if known.name is None:
+            known.name = view.name
+        if known.mode == "witness" and view.mode == "mirror":
+            known.store.set_mode("mirror")
+            known.mode = "mirror"
+            if known.head is not None:
+                self._attend_to(known.log_id)
 
     def _open(self, public_key: PublicKey, mode: str, name: str | None) -> _Log:
         lg = self.store.open_log(public_key, own=False, mode=mode)
@@ -523,6 +584,7 @@ class Engine:
             v.mode == "mirror" and head is not None and v.store.size < head.size,
             v.head_from,
             v.head_receipts,
+            None if head is None else head.successor,
         )
 
     def log_info(self, log_id: bytes) -> LogInfo | None:
@@ -910,6 +972,14 @@ class Engine:
             return  # a duplicate: no signature check, no store read
         view = self._view_for(public_key_raw)
         if view is None:
+            # Not followed (yet): a successor this node may follow soon, once the final
+            # checkpoint of the log it follows arrives (perhaps later in this very message).
+            self._seen.pop(digest, None)
+            ignored = self._ignored
+            ignored[_sha(public_key_raw)] = (public_key_raw, note, head, p.id)
+            ignored.move_to_end(_sha(public_key_raw))
+            while len(ignored) > IGNORED_HEADS:
+                ignored.popitem(last=False)
             return
         try:
             signed = self.verifier.checkpoint(note, view.public_key)
@@ -1048,9 +1118,19 @@ class Engine:
         h = head.checkpoint
         if cp.body() == h.body():
             return
+        if _contradicts(h, cp):
+            self._record_retirement_conflict(view, head, c, source, out)
+            return
+        if _contradicts(cp, h):
+            self._record_retirement_conflict(view, c, head, source, out)
+            return
         if cp.size == h.size:
             if cp.root != h.root:
                 self._record_split_view(view, head, c, source, out)
+            elif cp.successor is not None and h.successor is None and view.mode != "own":
+                # The log's final checkpoint, over the head's tree: the log is closed.
+                self._set_head(view, c, source, out, view.head_proof)
+                self._store_final(view, c)
             return  # the same tree signed at another time: nothing to learn
         if view.mode == "own":
             self._judge_own(view, c, out)
@@ -1123,6 +1203,9 @@ class Engine:
         out: list[Action],
         proof: tuple[int, bytes, tuple[bytes, ...]] | None = None,
     ) -> None:
+        if view.head is not None and _contradicts(view.head.checkpoint, c.checkpoint):
+            self._record_retirement_conflict(view, view.head, c, source, out)
+            return
         plain = SignedCheckpoint(c.checkpoint, plain_note(c))
         view.head = plain
         view.head_hash = _sha(c.checkpoint.body())
@@ -1145,6 +1228,20 @@ class Engine:
         if view.mode != "own" and self.key is not None and self.config.cosign:
             self._cosign(view, out)
         self._push(view, source, out)
+        if c.checkpoint.successor is not None:
+            self._follow_successor(view, out)
+
+    def _store_final(self, view: _Log, c: SignedCheckpoint) -> None:
+        """A mirror that holds every entry of a final head keeps it as its stored checkpoint
+        (what it serves entries against, and what `_judge_locally` compares with)."""
+        lg = view.store
+        if view.mode != "mirror" or lg.size != c.checkpoint.size:
+            return
+        stored = lg.checkpoint()
+        if stored is not None and stored.checkpoint.successor is not None:
+            return
+        with contextlib.suppress(TrustixError):
+            lg.set_checkpoint(SignedCheckpoint(c.checkpoint, plain_note(c)))
 
     def _cosign(self, view: _Log, out: list[Action]) -> None:
         assert view.head is not None and self.key is not None and self._witness_name is not None
@@ -1549,6 +1646,20 @@ class Engine:
     ) -> None:
         try:
             evidence = ev.split_view(view.public_key, plain_note(a), plain_note(b))
+        except VerificationError:
+            return
+        self._record(evidence, source, out)
+
+    def _record_retirement_conflict(
+        self,
+        view: _Log,
+        final: SignedCheckpoint,
+        other: SignedCheckpoint,
+        source: int | None,
+        out: list[Action],
+    ) -> None:
+        try:
+            evidence = ev.retirement_conflict(view.public_key, plain_note(final), plain_note(other))
         except VerificationError:
             return
         self._record(evidence, source, out)

@@ -83,6 +83,7 @@ from trustix_p2p.core.entry import Entry
 from trustix_p2p.core.narinfo import NarInfo, NixSigningKey, parse_narinfo, render_narinfo
 from trustix_p2p.core.storepath import DEFAULT_STORE_DIR, validate_store_dir
 from trustix_p2p.errors import ConfigError, DecodeError, TrustixError
+from trustix_p2p.logfmt import kv
 
 __all__ = [
     "HOLD_BACK_BYTES",
@@ -563,7 +564,7 @@ def _trusted_entry(decision: Decision, store_path: str) -> Entry | None:
     if not decision.trusted or entry is None or decision.nar_hash is None:
         return None
     if entry.out_path != store_path or entry.nar_hash != decision.nar_hash:
-        log.warning("decision for %s is trusted but inconsistent; answering 404", store_path)
+        log.warning("trusted decision is inconsistent; answering 404", extra=kv(path=store_path))
         return None
     if entry.nar_size <= 0:
         return None
@@ -807,7 +808,7 @@ class CacheProxy:
         if entry is None:
             return None
         if not await self._usable_offers(hash_part, entry, first_only=True):
-            log.info("%s is trusted but no upstream offers its agreed NAR", store_path)
+            log.info("trusted, but no upstream offers its agreed NAR", extra=kv(path=store_path))
             return None
         return entry
 
@@ -827,7 +828,9 @@ class CacheProxy:
             # never a 5xx that would fail its build after five retries.
             self.stats.decide_errors += 1
             unexpected = not isinstance(exc, TrustixError | trio.TooSlowError)
-            log.warning("deciding %s failed: %s", store_path, exc, exc_info=unexpected)
+            log.warning(
+                "deciding failed", extra=kv(path=store_path, reason=exc), exc_info=unexpected
+            )
             return None
         return _trusted_entry(decision, store_path)
 
@@ -880,7 +883,10 @@ class CacheProxy:
             return _Offer(index, info, _compression_of(text, info))
         except _UPSTREAM_FAILURES as exc:
             self.stats.upstream_errors += 1
-            log.info("upstream %s: narinfo %s unusable: %s", upstream.url, hash_part, exc)
+            log.info(
+                "upstream narinfo unusable",
+                extra=kv(upstream=upstream.url, hash=hash_part, reason=exc),
+            )
             return None
 
     async def _fetch_narinfo(self, upstream: _Upstream, hash_part: str) -> bytes | None:
@@ -968,7 +974,7 @@ class CacheProxy:
             self.stats.abort(transfer.outcome)
             self.stats.count("nar", 200)
             self.stats.nar_bytes_served += transfer.sent
-            log.warning("aborted the NAR of %s: %s", entry.out_path, transfer.outcome)
+            log.warning("aborted a NAR", extra=kv(path=entry.out_path, reason=transfer.outcome))
 
     async def _respond_nar_head(self, send: Send, entry: Entry) -> None:
         self.stats.count("nar", 200)
@@ -1014,8 +1020,10 @@ class CacheProxy:
             except _UPSTREAM_FAILURES as exc:  # _Mismatch and _Corrupt among them
                 reason = exc.reason if isinstance(exc, _Mismatch) else "upstream-failed"
                 self._failed_upstream(offer.upstream, hash_part, reason)
-                log.info("upstream %s, NAR of %s: %s (%s)", upstream.url, entry.out_path,
-                         reason, exc)  # fmt: skip
+                log.info(
+                    "upstream NAR failed",
+                    extra=kv(upstream=upstream.url, path=entry.out_path, reason=reason, error=exc),
+                )
                 if transfer.committed:
                     transfer.outcome = reason
                     return

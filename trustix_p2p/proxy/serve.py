@@ -17,9 +17,11 @@ from functools import partial
 import hypercorn.trio
 import trio
 from hypercorn.config import Config
+from hypercorn.logging import Logger
 from hypercorn.typing import ASGIFramework
 
 from trustix_p2p.errors import ConfigError
+from trustix_p2p.logfmt import ContextLogger
 from trustix_p2p.proxy.app import CacheProxy
 
 __all__ = ["hypercorn_config", "parse_listen", "serve_proxy"]
@@ -35,13 +37,32 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def hypercorn_config(listen: str, *, access_log: bool = False) -> Config:
+def _bound_logger_class(log: ContextLogger) -> type[Logger]:
+    """A hypercorn logger class whose server lines go through `log` (with its fields)."""
+
+    class BoundLogger(Logger):
+        def __init__(self, config: Config) -> None:
+            super().__init__(config)
+            if self.error_logger is not None:
+                # hypercorn only calls its logging methods, which an adapter has too.
+                self.error_logger = log.on(self.error_logger)  # type: ignore[assignment]
+
+    return BoundLogger
+
+
+def hypercorn_config(
+    listen: str, *, access_log: bool = False, log: ContextLogger | None = None
+) -> Config:
+    """hypercorn's configuration for `listen`; with `log`, its server lines carry that
+    logger's fields (a node passes its own, so they name it)."""
     host, port = parse_listen(listen)
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.errorlog = logging.getLogger("trustix_p2p.proxy.server")
     config.accesslog = logging.getLogger("trustix_p2p.proxy.access") if access_log else None
     config.include_server_header = False
+    if log is not None:
+        config.logger_class = _bound_logger_class(log)
     return config
 
 
@@ -50,6 +71,7 @@ async def serve_proxy(
     listen: str,
     *,
     access_log: bool = False,
+    log: ContextLogger | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` (a `CacheProxy`, or any ASGI 3 app) on `listen` until cancelled.
@@ -58,7 +80,7 @@ async def serve_proxy(
     value for nix.conf `substituters`, so port 0 can be used.  The bind happens before
     `started`, so a busy port fails the `nursery.start` call itself.
     """
-    config = hypercorn_config(listen, access_log=access_log)
+    config = hypercorn_config(listen, access_log=access_log, log=log)
     try:
         async with trio.open_nursery() as nursery:
             binds: list[str] = await nursery.start(partial(hypercorn.trio.serve, app, config))

@@ -30,6 +30,7 @@ from trustix_p2p.core.keys import PrivateKey
 from trustix_p2p.core.noise import LocalIdentity
 from trustix_p2p.core.wire import REGISTRY, Error, MessageRegistry, Ping, Pong
 from trustix_p2p.errors import ConfigError, LocalProtocolError, RemoteProtocolError
+from trustix_p2p.logfmt import ContextLogger, kv
 from trustix_p2p.transport.address import parse_listen_address
 from trustix_p2p.transport.admission import Admission, Refused, Ticket
 from trustix_p2p.transport.connection import (
@@ -50,22 +51,25 @@ Handler = Callable[[Connection], Awaitable[None]]
 
 class _Throttled:
     """At most one log line per `interval` seconds for a kind of event, with the count of
-    those not logged: a flood of connections must not become a flood of log lines."""
+    those not logged (`suppressed=`): a flood of connections must not become a flood of log
+    lines."""
 
-    def __init__(self, interval: float = 10.0) -> None:
+    def __init__(self, interval: float = 10.0, log: ContextLogger | None = None) -> None:
         self.interval = interval
+        self.log = log if log is not None else ContextLogger(logger)
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def info(self, kind: str, message: str, *args: object) -> None:
+    def info(self, kind: str, message: str, **fields: object) -> None:
         now = trio.current_time()
         if now - self._last.get(kind, -math.inf) < self.interval:
             self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
             return
         self._last[kind] = now
         skipped = self._suppressed.pop(kind, 0)
-        suffix = f" (and {skipped} more like it in the last {self.interval:g} s)" if skipped else ""
-        logger.info(message + suffix, *args)
+        if skipped:
+            fields.update(suppressed=skipped, interval=f"{self.interval:g}")
+        self.log.info(message, extra=kv(**fields))
 
 
 # How long a goodbye (Error message, end-of-stream marker) may take before we just close.
@@ -92,6 +96,7 @@ async def serve_stream(
     limits: TransportLimits | None = None,
     registry: MessageRegistry = REGISTRY,
     remote: str = "<stream>",
+    log: ContextLogger | None = None,
 ) -> None:
     """Serve one accepted stream: responder handshake, `handler`, close.
 
@@ -101,7 +106,13 @@ async def serve_stream(
     stream is closed however this ends, cancellation included.
     """
     await _serve_stream(
-        transport_stream, identity, handler, limits or TransportLimits(), registry, remote
+        transport_stream,
+        identity,
+        handler,
+        limits or TransportLimits(),
+        registry,
+        remote,
+        throttled=_Throttled(log=log),
     )
 
 
@@ -145,49 +156,45 @@ async def _serve_stream(
                 random_bytes=security.random_bytes,
             )
         except CONNECTION_ERRORS as exc:
-            throttled.info("handshake", "handshake with %s failed: %s", remote, exc)
+            throttled.info("handshake", "handshake failed", addr=remote, reason=exc)
             return
         connection = Connection(stream, peer, remote, limits, registry)
         refusal = admit() if admit is not None else None
         if refusal is not None:
             throttled.info(
                 "refused-after",
-                "refusing connection from %s (%s) after the handshake: %s",
-                remote,
-                peer.to_base64(),
-                refusal,
+                "refusing connection after the handshake",
+                peer=peer.to_base64(),
+                addr=remote,
+                reason=refusal,
             )
             await _say_goodbye(connection, refusal)
             return
-        logger.info("connection from %s, peer %s", remote, peer.to_base64())
+        log = throttled.log.bind(peer=peer.to_base64(), addr=remote)
+        log.info("connection accepted")
         try:
-            await run_connection(connection, partial(_guarded, handler))
+            await run_connection(connection, partial(_guarded, handler, log))
         except LocalProtocolError:
             # We tried to send something the protocol forbids: a bug on our side, not the
             # peer's.
-            logger.exception("connection from %s ended by a local protocol error", remote)
+            log.exception("connection ended by a local protocol error")
         except CONNECTION_ERRORS as exc:
-            logger.info("connection from %s (%s) ended: %s", remote, peer.to_base64(), exc)
+            log.info("connection ended", extra=kv(reason=exc))
         except Exception:
             # A bug in a handler must not take the node down for every other peer; it is
             # logged with its traceback, loudly, and only this connection ends.
-            logger.exception("handler failed on connection from %s", remote)
+            log.exception("handler failed on a connection")
     finally:
         # Sends the end-of-stream marker within its close timeout (only after a handshake,
         # and not after a failed send), and closes anyway, even when cancelled.
         await stream.aclose()
 
 
-async def _guarded(handler: Handler, connection: Connection) -> None:
+async def _guarded(handler: Handler, log: ContextLogger, connection: Connection) -> None:
     try:
         await handler(connection)
     except RemoteProtocolError as exc:
-        logger.info(
-            "closing connection from %s (%s): %s",
-            connection.remote_address,
-            connection.peer_key.to_base64(),
-            exc,
-        )
+        log.info("closing connection", extra=kv(reason=exc))
         await _say_goodbye(connection, str(exc))
 
 
@@ -207,12 +214,14 @@ class _Server:
     limits: TransportLimits
     registry: MessageRegistry
     security: _Security = attrs.field(factory=_Security)
+    log: ContextLogger = attrs.field(factory=lambda: ContextLogger(logger))
     admission: Admission = attrs.field(init=False)
-    _log: _Throttled = attrs.field(init=False, factory=_Throttled)
+    _log: _Throttled = attrs.field(init=False)
     # Pending handshakes, and how to end each one if it is evicted.
     _pending: dict[Ticket, tuple[trio.CancelScope, str]] = attrs.field(init=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
+        self._log = _Throttled(log=self.log)
         self.admission = Admission(
             max_pending=self.limits.max_pending_handshakes,
             max_established=self.limits.max_connections,
@@ -223,7 +232,7 @@ class _Server:
         """Admit and serve one accepted stream from IP address `source` (named `remote`)."""
         decision = self.admission.arrive(source)
         if isinstance(decision, Refused):
-            self._log.info("refused", "refusing connection from %s: %s", remote, decision.reason)
+            self._log.info("refused", "refusing connection", addr=remote, reason=decision.reason)
             await trio.aclose_forcefully(stream)
             return
         ticket = decision.ticket
@@ -257,14 +266,13 @@ class _Server:
         scope, victim_remote = self._pending.pop(victim)
         self._log.info(
             "evicted",
-            "evicting pending handshake from %s to admit %s: %d pending handshakes "
-            "(limit %d), %d of them from %s",
-            victim_remote,
-            newcomer,
-            self.admission.pending,
-            self.limits.max_pending_handshakes,
-            self.admission.pending_from(victim.source) + 1,
-            victim.source,
+            "evicting a pending handshake to admit a newcomer",
+            addr=victim_remote,
+            newcomer=newcomer,
+            pending=self.admission.pending,
+            limit=self.limits.max_pending_handshakes,
+            from_source=self.admission.pending_from(victim.source) + 1,
+            source=victim.source,
         )
         # Its task closes the stream as the cancellation unwinds it (_serve_stream's finally).
         scope.cancel()
@@ -290,9 +298,11 @@ async def serve_noise(
     network: Network = TCP,
     secure: bool = True,
     random_bytes: Callable[[int], bytes] = os.urandom,
+    log: ContextLogger | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve connections on every `host:port` in `listen` until cancelled.
+    """Serve connections on every `host:port` in `listen` until cancelled, logging to `log`
+    (a node passes its own, so the lines name it).
 
     Over `network` (TCP unless a simulation passes its own), secured with Noise unless
     `secure=False` on an in-memory network.  `task_status.started()` reports the bound
@@ -321,8 +331,9 @@ async def serve_noise(
         limits,
         registry,
         _Security(network, secure, random_bytes),
+        log if log is not None else ContextLogger(logger),
     )
-    logger.info("listening on %s", ", ".join(bound))
+    server.log.info("listening", extra=kv(listen=",".join(bound)))
     try:
         async with trio.open_nursery() as nursery:
             for listener in listeners:
@@ -341,7 +352,7 @@ async def _accept_loop(listener: Listener, server: _Server, nursery: trio.Nurser
         except OSError as exc:
             # EMFILE and friends: wait a little rather than spin (trio.serve_listeners does
             # the same for its accept errors).
-            logger.warning("accept failed on %s: %s", listener.name, exc)
+            server.log.warning("accept failed", extra=kv(listen=listener.name, reason=exc))
             await trio.sleep(0.1)
             continue
         except (trio.ClosedResourceError, trio.EndOfChannel):
