@@ -37,9 +37,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from simulations.runner import run
 from simulations.scenario import load_scenario
 
-ADVERSARIES = ("split-view", "rewrite", "eclipse", "sybil", "withholding", "lying-builder")
+ADVERSARIES = (
+    "split-view",
+    "rewrite",
+    "eclipse",
+    "sybil",
+    "withholding",
+    "lying-builder",
+    "stolen-key",
+)
 FAULTS = ("honest", "partition-heal", "churn")
-EQUIVOCATIONS = ("split-view", "rewrite", "eclipse", "sybil")
+EQUIVOCATIONS = ("split-view", "rewrite", "eclipse", "sybil", "stolen-key")
 
 
 def one(args: tuple[str, int, int, float, int, int]) -> dict[str, Any]:

@@ -161,6 +161,8 @@ class EventsDriver:
             self.at(sc.attack.at, self._fork)
         elif self.kind == "rewrite":
             self.at(sc.attack.at, self._rewrite)
+        elif self.kind == "stolen-key":
+            self.at(sc.attack.at, self._steal)
         elif self.kind in ("garbage", "flood"):
             for a in plan.attackers:
                 self.at(sc.attack.at, self._pester, a)
@@ -386,6 +388,8 @@ class EventsDriver:
         node = self.nodes[i]
         if node is None or node.own is None or node.engine is None:
             return
+        if node.own.final is not None:
+            return  # a retired log takes nothing more
         node.own.append(_records(leaves))
         self._sign_now(node)
 
@@ -422,6 +426,29 @@ class EventsDriver:
         assert tnode is not None
         b0.own.append(_records([leaf(store_path(e, "fork-a/"), int(EPOCH + at)) for e in range(4)]))
         self._sign_now(b0)
+        self._sign_now(tnode)
+        self._connect_wanted(twin)
+
+    def _steal(self) -> None:
+        """Builder 0 retires its key (a final checkpoint naming a successor that takes no
+        part); a thief holding the old key goes on signing the log, to the other half."""
+        b0 = self.nodes[0]
+        assert b0 is not None and b0.own is not None and b0.engine is not None
+        prefix = [leaf for _i, leaf in b0.own.log.leaves(0, b0.own.log.size)]
+        twin = self.plan.twin
+        assert twin is not None
+        store, own = self._fresh_store(twin)
+        assert own is not None
+        own.append(_records(prefix) + _records(self.plan.twin_leaves))
+        self._start(twin, (store, own))
+        tnode = self.nodes[twin]
+        assert tnode is not None
+        successor = PrivateKey.from_seed(hashlib.sha256(b"sim successor").digest()).public_key
+        final = b0.own.retire(successor, int(EPOCH + self.t))
+        self.obs.checkpoints.append(
+            CheckpointObs(self.t, 0, final.log_id, final.checkpoint.size, _body_hash(final), True)
+        )
+        self._apply(b0, b0.engine.local_checkpoint(final, EPOCH + self.t))
         self._sign_now(tnode)
         self._connect_wanted(twin)
 

@@ -31,8 +31,16 @@ __all__ = ["EPOCH", "Link", "Plan", "Signing", "make_plan", "topology_edges"]
 # Checkpoint times are unix seconds in the format; a run starts at this virtual moment.
 EPOCH = 1_700_000_000.0
 
-TWIN_ATTACKS = ("split-view", "eclipse", "sybil")
-BUILDER_ATTACKS = ("split-view", "rewrite", "withholding", "lying-builder", "eclipse", "sybil")
+TWIN_ATTACKS = ("split-view", "eclipse", "sybil", "stolen-key")
+BUILDER_ATTACKS = (
+    "split-view",
+    "rewrite",
+    "withholding",
+    "lying-builder",
+    "eclipse",
+    "sybil",
+    "stolen-key",
+)
 NODE_ATTACKS = ("garbage", "flood", "eclipse", "sybil")
 
 

@@ -60,10 +60,11 @@ ATTACKS: Final = (
     "flood",
     "eclipse",
     "sybil",
+    "stolen-key",
 )
 # Attacks in which a builder's log is made inconsistent: every honest node connected to the
 # honest majority is expected to hold verified evidence by the end.
-EQUIVOCATIONS: Final = ("split-view", "rewrite", "eclipse", "sybil")
+EQUIVOCATIONS: Final = ("split-view", "rewrite", "eclipse", "sybil", "stolen-key")
 
 
 class ScenarioError(ValueError):

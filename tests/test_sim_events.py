@@ -87,7 +87,7 @@ def test_the_same_scenario_and_seed_give_the_same_summary() -> None:
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-@pytest.mark.parametrize("name", ["split-view", "rewrite", "sybil"])
+@pytest.mark.parametrize("name", ["split-view", "rewrite", "sybil", "stolen-key"])
 def test_an_equivocation_is_detected_by_every_honest_node(name: str, seed: int) -> None:
     summary, series = run(small(name, seed))
     detection = summary["detection"]
