@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v nix-store >/dev/null 2>&1 || need_apt+=(nix-bin)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+# The docs' commands use these (tests/test_docs_commands.py runs every one).
+command -v jq >/dev/null 2>&1 || need_apt+=(jq)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v useradd >/dev/null 2>&1 || need_apt+=(passwd)
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" -eq 0 ]; then
         echo "bootstrap: installing ${need_apt[*]}" >&2
