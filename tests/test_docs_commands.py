@@ -63,7 +63,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -849,8 +848,6 @@ class Sandbox:
         else:
             listen = argv[argv.index("--listen") + 1]
             wait_http(f"http://{listen}/nix-cache-info", proc.popen, proc.log)
-            # The proxy does not catch SIGTERM: it ends by the signal (systemd: a clean stop).
-            proc.clean = (0, -signal.SIGTERM)
 
     def start_service(self, what: str, argv: list[str], kind: str, socket: Path | None) -> Proc:
         log = self.logs / f"{len(self.procs)}-{what}.log"

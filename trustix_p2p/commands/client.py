@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,7 @@ async def _serve_cache_proxy(
         app = InstrumentedApp(proxy, metrics, trio.current_time)
     try:
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
             url = await nursery.start(serve_proxy, app, listen)
             log.info(
                 "cache proxy ready; nix.conf's substituters may point at it", extra=kv(url=url)
@@ -160,6 +162,15 @@ async def _serve_cache_proxy(
     finally:
         await client.aclose()
         client.state.save()
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    """SIGTERM (systemd, a container engine) or SIGINT: stop serving, save the state, exit 0."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("shutting down on a signal", extra=kv(signal=signal.Signals(signum).name))
+            scope.cancel()
+            return
 
 
 def cmd_cache_proxy(args: argparse.Namespace) -> int:
