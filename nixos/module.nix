@@ -160,7 +160,7 @@ in
           Group = "trustix-p2p-proxy";
           StateDirectory = "trustix-p2p-proxy";
           StateDirectoryMode = "0700";
-          ExecStart = "${cfg.package}/bin/trustix-p2p cache-proxy --policy ${cfg.cacheProxy.policy} --listen ${cfg.cacheProxy.listen} --nix-key ${cfg.cacheProxy.nixKeyFile}";
+          ExecStart = "${cfg.package}/bin/trustix-p2p cache-proxy --policy ${cfg.cacheProxy.policy} --listen ${cfg.cacheProxy.listen} --nix-key ${cfg.cacheProxy.nixKeyFile} --state-file /var/lib/trustix-p2p-proxy/client-state.json";
           RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
         };
       };

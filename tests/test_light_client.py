@@ -196,6 +196,13 @@ async def test_the_decide_command_exits_by_verdict(
         argv = ["decide", "--policy", str(policy), f.entry(2).out_path, f.entry(ONLY_TWO).out_path]
         assert await trio.to_thread.run_sync(cli.main, argv) == 1
         assert "NOT trusted" in capsys.readouterr().out
+        # --state-file: the state kept elsewhere than the policy says (a read-only policy).
+        elsewhere = tmp_path / "service-state" / "client-state.json"
+        (tmp_path / "state.json").unlink()
+        argv = ["decide", "--policy", str(policy), "--state-file", str(elsewhere)]
+        assert await trio.to_thread.run_sync(cli.main, [*argv, f.entry(2).out_path]) == 0
+        assert len(json.loads(elsewhere.read_text())["checkpoints"]) == 4
+        assert not (tmp_path / "state.json").exists()
 
 
 def test_a_policy_naming_a_key_twice_or_a_bad_threshold_is_refused(tmp_path: Path) -> None:

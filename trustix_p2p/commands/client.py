@@ -29,10 +29,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
 from trustix_p2p.client.light import LightClient, sources_for
-from trustix_p2p.client.policy import load_policy
+from trustix_p2p.client.policy import Policy, load_policy
 from trustix_p2p.client.state import ClientState
 from trustix_p2p.core.decision import Decision
 from trustix_p2p.core.nix32 import format_nar_hash
@@ -91,8 +92,19 @@ def _table(decisions: list[Decision]) -> str:
     return "\n".join(lines)
 
 
-async def _decide_all(policy_path: Path, paths: list[str]) -> tuple[list[Decision], list[str]]:
+def _load(policy_path: Path, state_file: Path | None) -> Policy:
+    """The policy, with `--state-file` (if given) in place of its `state_file`: a service
+    whose policy is read-only (in the Nix store, say) keeps its state in its state directory."""
     policy = load_policy(policy_path)
+    if state_file is not None:
+        policy = attrs.evolve(policy, state_file=state_file.absolute())
+    return policy
+
+
+async def _decide_all(
+    policy_path: Path, paths: list[str], state_file: Path | None = None
+) -> tuple[list[Decision], list[str]]:
+    policy = _load(policy_path, state_file)
     client = LightClient(policy, sources_for(policy), ClientState.load(policy))
     try:
         await client.load_node_evidence()
@@ -105,7 +117,7 @@ async def _decide_all(policy_path: Path, paths: list[str]) -> tuple[list[Decisio
 
 def cmd_decide(args: argparse.Namespace) -> int:
     paths = resolve_paths(args.store_paths)
-    decisions, problems = trio.run(_decide_all, args.policy, paths)
+    decisions, problems = trio.run(_decide_all, args.policy, paths, args.state_file)
     for line in problems:
         print(f"trustix-p2p: {line}", file=sys.stderr)
     if args.json:
@@ -117,14 +129,18 @@ def cmd_decide(args: argparse.Namespace) -> int:
 
 
 async def _serve_cache_proxy(
-    policy_path: Path, listen: str, key_file: Path, metrics_listen: str | None = None
+    policy_path: Path,
+    listen: str,
+    key_file: Path,
+    metrics_listen: str | None = None,
+    state_file: Path | None = None,
 ) -> None:
     from trustix_p2p.commands.proxy import load_nix_key_file
     from trustix_p2p.metrics import InstrumentedApp, ProxyMetrics, metrics_app
     from trustix_p2p.proxy.app import CacheProxy
     from trustix_p2p.proxy.serve import serve_proxy
 
-    policy = load_policy(policy_path)
+    policy = _load(policy_path, state_file)
     if not policy.upstreams:
         raise ConfigError("policy: the cache proxy needs upstreams to fetch NARs from")
     key = load_nix_key_file(key_file)
@@ -176,8 +192,18 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
 def cmd_cache_proxy(args: argparse.Namespace) -> int:
     configure_logging(logging.INFO)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: a normal way to stop it
-        trio.run(_serve_cache_proxy, args.policy, args.listen, args.nix_key, args.metrics_listen)
+        trio.run(
+            _serve_cache_proxy,
+            args.policy,
+            args.listen,
+            args.nix_key,
+            args.metrics_listen,
+            args.state_file,
+        )
     return 0
+
+
+_STATE_FILE_HELP = "where the client keeps what it verified (default: the policy's state_file)"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -189,6 +215,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--policy", type=Path, required=True, help="trust policy (TOML)")
     p.add_argument("--json", action="store_true", help="one JSON object a line")
+    p.add_argument("--state-file", type=Path, help=_STATE_FILE_HELP)
     p.add_argument("store_paths", nargs="+", metavar="STORE_PATH", help="path, hash part or .drv")
     p.set_defaults(func=cmd_decide)
 
@@ -204,4 +231,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="ADDRESS",
         help="serve Prometheus metrics on host:port (off by default; docs/metrics.md)",
     )
+    p.add_argument("--state-file", type=Path, help=_STATE_FILE_HELP)
     p.set_defaults(func=cmd_cache_proxy)
