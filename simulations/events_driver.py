@@ -394,10 +394,14 @@ class EventsDriver:
         self._sign_now(node)
 
     def _sign_now(self, node: _Node) -> None:
-        assert node.own is not None and node.engine is not None
+        assert node.own is not None
         signed = node.own.sign(int(EPOCH + self.t))
-        if signed is None:
-            return
+        if signed is not None:
+            self._publish(node, signed)
+
+    def _publish(self, node: _Node, signed: SignedCheckpoint) -> None:
+        """A checkpoint the node signed: observed, and handed to its engine."""
+        assert node.engine is not None
         i = node.index
         honest = i in self.plan.honest
         if i == self.plan.attacker_builder and self.kind in ("withholding", "lying-builder"):
@@ -410,9 +414,8 @@ class EventsDriver:
             self.fork_a.append(signed.checkpoint.body())
         self._apply(node, node.engine.local_checkpoint(signed, EPOCH + self.t))
 
-    def _fork(self) -> None:
-        """Builder 0 and its twin sign two trees of one size: the split view."""
-        at = self.sc.attack.at
+    def _start_twin(self) -> tuple[_Node, _Node]:
+        """Builder 0, and the twin with its key started from its entries plus the twin's."""
         b0 = self.nodes[0]
         assert b0 is not None and b0.own is not None
         prefix = [leaf for _i, leaf in b0.own.log.leaves(0, b0.own.log.size)]
@@ -424,33 +427,27 @@ class EventsDriver:
         self._start(twin, (store, own))
         tnode = self.nodes[twin]
         assert tnode is not None
+        return b0, tnode
+
+    def _fork(self) -> None:
+        """Builder 0 and its twin sign two trees of one size: the split view."""
+        at = self.sc.attack.at
+        b0, tnode = self._start_twin()
+        assert b0.own is not None
         b0.own.append(_records([leaf(store_path(e, "fork-a/"), int(EPOCH + at)) for e in range(4)]))
         self._sign_now(b0)
         self._sign_now(tnode)
-        self._connect_wanted(twin)
+        self._connect_wanted(tnode.index)
 
     def _steal(self) -> None:
         """Builder 0 retires its key (a final checkpoint naming a successor that takes no
         part); a thief holding the old key goes on signing the log, to the other half."""
-        b0 = self.nodes[0]
-        assert b0 is not None and b0.own is not None and b0.engine is not None
-        prefix = [leaf for _i, leaf in b0.own.log.leaves(0, b0.own.log.size)]
-        twin = self.plan.twin
-        assert twin is not None
-        store, own = self._fresh_store(twin)
-        assert own is not None
-        own.append(_records(prefix) + _records(self.plan.twin_leaves))
-        self._start(twin, (store, own))
-        tnode = self.nodes[twin]
-        assert tnode is not None
+        b0, tnode = self._start_twin()
+        assert b0.own is not None
         successor = PrivateKey.from_seed(hashlib.sha256(b"sim successor").digest()).public_key
-        final = b0.own.retire(successor, int(EPOCH + self.t))
-        self.obs.checkpoints.append(
-            CheckpointObs(self.t, 0, final.log_id, final.checkpoint.size, _body_hash(final), True)
-        )
-        self._apply(b0, b0.engine.local_checkpoint(final, EPOCH + self.t))
+        self._publish(b0, b0.own.retire(successor, int(EPOCH + self.t)))
         self._sign_now(tnode)
-        self._connect_wanted(twin)
+        self._connect_wanted(tnode.index)
 
     def _rewrite(self) -> None:
         """Builder 0 comes back with another history of the same size, and goes on."""

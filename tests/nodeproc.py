@@ -134,6 +134,30 @@ def node_config(
     return config, directory / "control.sock"
 
 
+def builder_and_mirror(
+    tmp_path: Path, *, a_extra: str = "", b_extra: str = ""
+) -> tuple[tuple[Path, Path], tuple[Path, Path]]:
+    """Two node configs on loopback: "a" a builder, and "b" seeded with a (pinned to its key)
+    mirroring what it hears of.  Returns ((config, socket) of a, (config, socket) of b)."""
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    a_dir.mkdir()
+    b_dir.mkdir()
+    a_port, b_port = free_port(), free_port()
+    a = node_config(a_dir, extra=f'listen = ["127.0.0.1:{a_port}"]\n' + a_extra)
+    from trustix_p2p.keyfile import load_key_file
+
+    a_key = load_key_file(a_dir / "node.key").public_key.to_base64()
+    b = node_config(
+        b_dir,
+        extra=(
+            f'listen = ["127.0.0.1:{b_port}"]\n'
+            f'seeds = ["{a_key}@127.0.0.1:{a_port}"]\n'
+            'follow_unknown = "mirror"\n' + b_extra
+        ),
+    )
+    return a, b
+
+
 def mount_tmpfs(path: Path, options: str) -> None:
     path.mkdir(parents=True, exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", os.fspath(path)], check=True)

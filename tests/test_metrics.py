@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from tests import factories as f
-from tests.nodeproc import cli, free_port, node_config, running
+from tests.nodeproc import builder_and_mirror, cli, free_port, running
 from trustix_p2p.config import NodeConfig
 from trustix_p2p.control.client import submit_leaves
-from trustix_p2p.keyfile import load_key_file
 from trustix_p2p.metrics import METRIC_NAMES, InstrumentedApp, ProxyMetrics, metrics_app
 
 
@@ -38,20 +37,9 @@ def test_metrics_are_off_by_default_and_on_loopback_when_enabled() -> None:
 
 
 def test_metrics_move_while_a_node_syncs(tmp_path: Path) -> None:
-    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
-    a_dir.mkdir()
-    b_dir.mkdir()
-    a_port, b_port, metrics_port = free_port(), free_port(), free_port()
-    a_config, a_sock = node_config(a_dir, extra=f'listen = ["127.0.0.1:{a_port}"]\n')
-    a_key = load_key_file(a_dir / "node.key").public_key.to_base64()
-    b_config, b_sock = node_config(
-        b_dir,
-        extra=(
-            f'listen = ["127.0.0.1:{b_port}"]\n'
-            f'seeds = ["{a_key}@127.0.0.1:{a_port}"]\n'
-            'follow_unknown = "mirror"\n'
-            f'[metrics]\nenabled = true\nlisten = "127.0.0.1:{metrics_port}"\n'
-        ),
+    metrics_port = free_port()
+    (a_config, a_sock), (b_config, b_sock) = builder_and_mirror(
+        tmp_path, b_extra=f'[metrics]\nenabled = true\nlisten = "127.0.0.1:{metrics_port}"\n'
     )
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     with running(a_config, a_sock), running(b_config, b_sock):

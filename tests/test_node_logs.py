@@ -13,7 +13,7 @@ from typing import IO
 
 from tests import factories as f
 from tests.logs import LINE, parse_line
-from tests.nodeproc import free_port, node_config, stop, wait_ready
+from tests.nodeproc import builder_and_mirror, stop, wait_ready
 from trustix_p2p.control.client import ControlClient, submit_leaves
 from trustix_p2p.keyfile import load_key_file
 
@@ -37,22 +37,11 @@ def secrets_of(key_file: Path) -> list[str]:
 
 
 def test_a_verbose_run_of_two_syncing_nodes_logs_no_key_material(tmp_path: Path) -> None:
-    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
-    a_dir.mkdir()
-    b_dir.mkdir()
-    a_port, b_port = free_port(), free_port()
-    a_config, a_sock = node_config(
-        a_dir, extra=f'listen = ["127.0.0.1:{a_port}"]\nlog_level = "warning"\n'
+    quiet = 'log_level = "warning"\n'
+    (a_config, a_sock), (b_config, b_sock) = builder_and_mirror(
+        tmp_path, a_extra=quiet, b_extra=quiet
     )
-    a_key = load_key_file(a_dir / "node.key").public_key.to_base64()
-    b_config, b_sock = node_config(
-        b_dir,
-        extra=(
-            f'listen = ["127.0.0.1:{b_port}"]\n'
-            f'seeds = ["{a_key}@127.0.0.1:{a_port}"]\n'
-            'follow_unknown = "mirror"\nlog_level = "warning"\n'
-        ),
-    )
+    a_dir, b_dir = a_config.parent, b_config.parent
     a_out, b_out = (tmp_path / "a.log").open("wb"), (tmp_path / "b.log").open("wb")
     a = verbose_node(a_config, a_out)
     b = verbose_node(b_config, b_out)

@@ -8,6 +8,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 
@@ -211,6 +212,53 @@ def test_a_builder_sharing_nothing_has_no_rate_and_a_log_given_twice_counts_once
     assert builders[1].agreement_rate is None and builders[1].shared == 0
     assert {p.status for p in paths} == {"built-once"}
     assert reproducibility([]) == ([], [])
+
+
+def retired_vlog(name: str, entries: Sequence[Entry], successor: str) -> VerifiedLog:
+    """`name`'s log of `entries`, closed by a final checkpoint naming `successor`'s key."""
+    key = f.key(name)
+    leaves = [encode_entry(e) for e in entries]
+    plain = signed_over(key, leaves).checkpoint
+    final = sign_checkpoint(attrs.evolve(plain, successor=f.key(successor).public_key.raw), key)
+    node = FakeNode(final.note, leaves)
+    return read_verified_log(node, key.public_key.log_id(), key.public_key, name=name)
+
+
+def test_a_retired_log_and_its_successor_are_one_builder() -> None:
+    old = retired_vlog("alice", [f.entry(0), f.entry(1)], successor="alice 2")
+    new = vlog("alice 2", [f.entry(1), f.entry(2)])
+    bob = vlog("bob", [f.entry(1), f.entry(2, nar_seed="bob")])
+    # In any order: the successor joins the log that names it.
+    for logs in ([old, new, bob], [new, bob, old]):
+        paths, builders = reproducibility(logs)
+        status = {p.out_path: p.status for p in paths}
+        assert status[f.entry(1).out_path] == "reproduced"  # alice and bob, not alice twice
+        one = {p.out_path: p for p in paths}[f.entry(1).out_path]
+        assert sorted(one.builders) == [("alice", h(1)), ("bob", h(1))]  # two logs, one hash
+        assert status[f.entry(0).out_path] == "built-once"
+        assert status[f.entry(2).out_path] == "not-reproduced"
+        # Named by its first log, placed where that log was given.
+        assert sorted(b.name for b in builders) == ["alice", "bob"]
+        alice = next(b for b in builders if b.name == "alice")
+        assert (alice.entries, alice.paths, alice.shared, alice.agreed) == (4, 3, 2, 1)
+        assert alice.log_id == old.log_id.hex()
+
+
+def test_standings_follow_a_retired_builder_to_its_successor(tmp_path: Path) -> None:
+    old = retired_vlog("alice", [f.entry(0)], successor="alice 2")
+    new = vlog("alice 2", [f.entry(1)])
+    bob = vlog("bob", [f.entry(0), f.entry(1)])
+    logs = {log.log_id: log for log in (old, new, bob)}
+    builders = [
+        {"name": "alice", "public_key": f.key("alice").public_key.to_base64()},
+        {"name": "bob", "public_key": f.key("bob").public_key.to_base64()},
+    ]
+    plain = standings(policy(["alice", "bob"], 2, tmp_path), logs, [], T0)
+    assert [(s.name, s.agreed) for s in plain] == [("alice", 1), ("bob", 1)]
+    builders[0]["follow_successor"] = True
+    following = standings(policy(["alice", "bob"], 2, tmp_path, builders=builders), logs, [], T0)
+    assert [(s.name, s.agreed) for s in following] == [("alice", 2), ("bob", 2)]
+    assert following[0].log_size == 1 and following[0].public_key == builders[0]["public_key"]
 
 
 def test_logs_sharing_a_name_are_told_apart_by_key() -> None:

@@ -16,19 +16,23 @@ in), no I/O.
   piece of text is escaped, and a Content-Security-Policy forbids loading anything at all.
 
 Builders are told apart by log (public key), never by name: two logs may carry the same
-name, and then both are shown with the start of their key.
+name, and then both are shown with the start of their key.  A retired log and the successor
+its final checkpoint names (`trustix-p2p log retire`), when both are given, are one builder:
+its key signed that the successor continues it, so a path it built in both is not two
+builders reproducing it.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 from collections.abc import Mapping, Sequence
 
 import attrs
 
 from trustix_p2p.client.bulk import VerifiedLog, key_prefix
-from trustix_p2p.client.policy import Policy
+from trustix_p2p.client.policy import MAX_SUCCESSORS, Policy
 from trustix_p2p.core.decision import decide
 from trustix_p2p.core.entry import Entry
 from trustix_p2p.core.evidence import Evidence, evidence_id, verify_evidence
@@ -136,6 +140,37 @@ def _distinct_logs(logs: Sequence[VerifiedLog]) -> list[VerifiedLog]:
     return out
 
 
+def _builder_groups(logs: Sequence[VerifiedLog]) -> list[list[VerifiedLog]]:
+    """The distinct logs, grouped by builder: each log first, then (when given) the successor
+    its final checkpoint names, that one's successor, and so on.  A log is in one group."""
+    distinct = _distinct_logs(logs)
+    by_key = {log.public_key: log for log in distinct}
+    named = {
+        by_key[s].log_id
+        for log in distinct
+        if (s := log.checkpoint.checkpoint.successor) is not None and s in by_key
+    }
+    used: set[bytes] = set()
+    groups: list[list[VerifiedLog]] = []
+    # Logs no other given log names come first (they start their chains); then any left,
+    # which only a loop of successors leaves.
+    for log in [x for x in distinct if x.log_id not in named] + distinct:
+        if log.log_id in used:
+            continue
+        group = [log]
+        used.add(log.log_id)
+        while (s := group[-1].checkpoint.checkpoint.successor) is not None and s in by_key:
+            nxt = by_key[s]
+            if nxt.log_id in used:
+                break
+            group.append(nxt)
+            used.add(nxt.log_id)
+        groups.append(group)
+    order = {log.log_id: i for i, log in enumerate(distinct)}
+    groups.sort(key=lambda g: order[g[0].log_id])
+    return groups
+
+
 def _labels(logs: Sequence[VerifiedLog]) -> list[str]:
     """A label per log, unique: its name, with the start of its key if another log shares it."""
     plain = [log.label for log in logs]
@@ -163,13 +198,14 @@ def reproducibility(logs: Sequence[VerifiedLog]) -> tuple[list[PathReport], list
     two different hashes for it (it did not even reproduce itself, so even a path only that
     builder built counts here); `built-once` when one builder logged it, with one hash.
     """
-    distinct = _distinct_logs(logs)
-    labels = _labels(distinct)
+    groups = _builder_groups(logs)
+    labels = _labels([g[0] for g in groups])
     per_path: dict[str, dict[int, list[bytes]]] = {}
-    for i, log in enumerate(distinct):
-        for path, hashes in _hashes_by_path(log.entries).items():
+    for i, group in enumerate(groups):
+        entries = [e for log in group for e in log.entries]
+        for path, hashes in _hashes_by_path(entries).items():
             per_path.setdefault(path, {})[i] = hashes
-    counts = [[0, 0, 0] for _ in distinct]  # paths, shared, agreed
+    counts = [[0, 0, 0] for _ in groups]  # paths, shared, agreed
     reports: list[PathReport] = []
     for path in sorted(per_path):
         by_builder = per_path[path]
@@ -199,15 +235,15 @@ def reproducibility(logs: Sequence[VerifiedLog]) -> tuple[list[PathReport], list
     builders = [
         BuilderR13y(
             labels[i],
-            log.log_id.hex(),
-            len(log.entries),
+            group[0].log_id.hex(),
+            sum(len(log.entries) for log in group),
             paths,
             shared,
             agreed,
             shared - agreed,
             agreed / shared if shared else None,
         )
-        for i, (log, (paths, shared, agreed)) in enumerate(zip(distinct, counts, strict=True))
+        for i, (group, (paths, shared, agreed)) in enumerate(zip(groups, counts, strict=True))
     ]
     return reports, builders
 
@@ -234,6 +270,19 @@ def _verified_evidence(evidence: Sequence[Evidence]) -> dict[bytes, list[tuple[s
         seen.add(ident)
         out.setdefault(ev.public_key.raw, []).append((ev.kind, ident))
     return out
+
+
+def _successor_chain(log: VerifiedLog, logs: Mapping[bytes, VerifiedLog]) -> list[VerifiedLog]:
+    """`log`, then the successor its final checkpoint names, and so on, as far as `logs` holds
+    them (as the light client follows them for a builder with `follow_successor`)."""
+    chain = [log]
+    while len(chain) <= MAX_SUCCESSORS:
+        successor = chain[-1].checkpoint.checkpoint.successor
+        nxt = None if successor is None else logs.get(hashlib.sha256(successor).digest())
+        if nxt is None or nxt.public_key != successor or any(c.log_id == nxt.log_id for c in chain):
+            break
+        chain.append(nxt)
+    return chain
 
 
 def standings(
@@ -270,9 +319,11 @@ def standings(
         log = logs.get(b.log_id)
         if log is None or log.public_key != raw or raw in held:
             continue
-        held[raw] = log
-        conflicts[raw] = sum(len(h) > 1 for h in _hashes_by_path(log.entries).values())
-        for e in log.entries:
+        chain = _successor_chain(log, logs) if b.follow_successor else [log]
+        held[raw] = chain[-1]  # the builder's current log
+        entries = [e for one in chain for e in one.entries]
+        conflicts[raw] = sum(len(h) > 1 for h in _hashes_by_path(entries).values())
+        for e in entries:
             per_path.setdefault(e.out_path, {}).setdefault(raw, []).append(e)
     agreed = {b.name: 0 for b in policy.builders}
     outvoted = dict(agreed)

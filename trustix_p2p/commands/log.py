@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import base64
 import collections
+import contextlib
 import json
 import sys
 import time
@@ -117,10 +118,8 @@ def cmd_append(args: argparse.Namespace) -> int:
 
 def successor_key(text: str) -> PublicKey:
     """`--successor`: a base64 Ed25519 public key, or the path of the successor's key file."""
-    try:
+    with contextlib.suppress(TrustixError, ValueError):
         return PublicKey.from_base64(text)
-    except (TrustixError, ValueError):
-        pass
     path = Path(text)
     if not path.exists():
         raise ConfigError(
