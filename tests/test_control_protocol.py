@@ -25,6 +25,7 @@ REQUESTS = [
     p.CheckpointRequest(None),
     p.CheckpointRequest(bytes(32)),
     p.LookupRequest("/nix/store/x"),
+    p.RetireRequest(bytes(range(32))),
 ]
 
 

@@ -547,3 +547,49 @@ class StolenKeySource:
 
     async def aclose(self) -> None:
         await self.honest.aclose()
+
+
+async def test_a_running_node_retires_its_log_and_gossips_the_final_checkpoint_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    alice_config = make_config(tmp_path / "alice", OLD)
+    async with running(alice_config) as alice:
+        await alice.submit(tuple(f.leaf(i) for i in range(3)))
+        await alice.sign_checkpoint_now()
+        bob_config = make_config(tmp_path / "bob", f.key("bob"), seeds=(pinned(alice),))
+        async with running(bob_config) as bob:
+            old_id = OLD.public_key.log_id()
+
+            def head_size() -> int | None:
+                info = bob.engine.log_info(old_id)
+                return None if info is None else info.head_size
+
+            with trio.fail_after(30):
+                await bob.wait_until(lambda: head_size() == 3)
+            argv = ["log", "retire", "--socket", str(alice.config.socket_path)]
+            argv += ["--successor", NEW.public_key.to_base64()]
+            assert await trio.to_thread.run_sync(cli.main, argv) == 0
+            out = json.loads(capsys.readouterr().out)
+            assert (out["size"], out["log_id"]) == (3, OLD.public_key.log_id_hex())
+            assert alice.own is not None and alice.own.final is not None
+            # Bob has it without a restart of anything, and follows the successor.
+            with trio.fail_after(30):
+                await bob.wait_until(
+                    lambda: (
+                        (info := bob.engine.log_info(old_id)) is not None
+                        and info.successor == NEW.public_key.raw
+                    )
+                )
+            assert bob.engine.log_info(NEW.public_key.log_id()) is not None
+            with pytest.raises(NodeUnavailableError, match="retired"):
+                await alice.submit((f.leaf(9),))
+            # Again with the same successor: the same checkpoint; another: refused.
+            assert await trio.to_thread.run_sync(cli.main, argv) == 0
+            assert json.loads(capsys.readouterr().out) == out
+            argv[-1] = THIEF.public_key.to_base64()
+            assert await trio.to_thread.run_sync(cli.main, argv) == 2
+            assert "is retired" in capsys.readouterr().err
+            # Half of the stopped-node form is a usage error.
+            half = ["log", "retire", "--state", str(tmp_path), "--successor", argv[-1]]
+            assert await trio.to_thread.run_sync(cli.main, half) == 2
+            assert "--state and --key" in capsys.readouterr().err

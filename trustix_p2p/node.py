@@ -51,6 +51,7 @@ from trustix_p2p.core.keys import PrivateKey, PublicKey
 from trustix_p2p.errors import (
     ConfigError,
     DecodeError,
+    LogRetiredError,
     NodeUnavailableError,
     RemoteProtocolError,
     StoreCorruptError,
@@ -320,6 +321,12 @@ class Node:
                 try:
                     await self._ensure_writable()
                     indices = await self.executor.run(own.append, all_records)
+                except LogRetiredError as exc:  # retired while these waited in the queue
+                    for item, _ in accepted:
+                        item.error = str(exc)
+                        item.unavailable = True
+                        item.done.set()
+                    continue
                 except StoreWriteError as exc:
                     self._write_failed("submitted entries", exc)
                     for item, _ in accepted:
@@ -362,6 +369,37 @@ class Node:
             await self.peering.call(self.engine.local_checkpoint, signed, self.clock())
             self._notify()
         return signed
+
+    async def retire(self, successor: PublicKey) -> SignedCheckpoint:
+        """Sign the own log's final checkpoint naming `successor`, and gossip it at once.
+
+        Submissions after it are unavailable (the post-build hook spools them for the
+        successor's key).  ConfigError without a log; LogRetiredError for another successor.
+        """
+        if self.own is None:
+            raise ConfigError("this node has no key_file, so it keeps no log to retire")
+        own = self.own
+        async with self._write_lock:
+            await self._ensure_writable()
+            previous = own.final
+            final = await self.executor.run(own.retire, successor, int(self.clock()))
+        if final is not previous:
+            self.log.warning(
+                "own log retired",
+                extra=kv(
+                    log=own.log_id.hex(),
+                    size=final.checkpoint.size,
+                    successor=successor.to_base64(),
+                ),
+            )
+            if self.metrics is not None:
+                self.metrics.signed.inc()
+            self.emit(
+                CheckpointSigned, size=final.checkpoint.size, root=final.checkpoint.root.hex()
+            )
+            await self.peering.call(self.engine.local_checkpoint, final, self.clock())
+            self._notify()
+        return final
 
     async def _serve_metrics(self, nursery: trio.Nursery) -> None:
         from trustix_p2p.proxy.serve import serve_proxy  # hypercorn: only when asked for
@@ -689,6 +727,9 @@ class Node:
                     reply = protocol.EntriesReply(tuple(got))
                 case protocol.ConsistencyRequest(log_id, old, new):
                     reply = await self.executor.run(self.consistency, log_id, old, new)
+                case protocol.RetireRequest(successor):
+                    final = await self.retire(PublicKey(successor))
+                    reply = protocol.CheckpointReply(final.note)
                 case protocol.EvidenceRequest(ident):
                     document = await self.executor.run(self.evidence_document, ident)
                     reply = protocol.EvidenceReply(document)

@@ -1,4 +1,5 @@
-"""`trustix-p2p log ...`: admin commands on a stopped node's state directory.
+"""`trustix-p2p log ...`: admin commands on a stopped node's state directory (and `log retire`,
+which a running node also does, over its control socket).
 
 Output is JSON on stdout (one object, or one object a line for listings); hashes and leaves are
 base64 as in the Merkle test vectors.  These commands open the store directly, so they refuse
@@ -18,7 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from trustix_p2p.commands.common import add_socket_args, socket_path
 from trustix_p2p.core import merkle
+from trustix_p2p.core.checkpoint import read_checkpoint_unverified
 from trustix_p2p.core.entry import encode_entry, entry_from_json
 from trustix_p2p.core.keys import PublicKey
 from trustix_p2p.errors import (
@@ -129,22 +132,31 @@ def successor_key(text: str) -> PublicKey:
 
 
 def cmd_retire(args: argparse.Namespace) -> int:
-    key = load_key_file(args.key)
     successor = successor_key(args.successor)
-    with _open_store(args.state) as store:
-        own = OwnLog.open(store, key, args.state)
-        final = own.retire(successor, int(time.time()))
-        cp = final.checkpoint
-        _emit(
-            {
-                "log_id": own.log_id.hex(),
-                "size": cp.size,
-                "root": _b64(cp.root),
-                "successor": successor.to_base64(),
-                "successor_log_id": successor.log_id_hex(),
-                "checkpoint": final.note.decode(),
-            }
+    if (args.state is None) != (args.key is None):
+        raise ConfigError(
+            "log retire: give --state and --key (a stopped node), or neither (a running node)"
         )
+    if args.state is not None:
+        key = load_key_file(args.key)
+        with _open_store(args.state) as store:
+            note = OwnLog.open(store, key, args.state).retire(successor, int(time.time())).note
+    else:
+        from trustix_p2p.control.client import ControlClient
+
+        with ControlClient(socket_path(args), args.timeout) as client:
+            note = client.retire(successor.raw)
+    cp = read_checkpoint_unverified(note)
+    _emit(
+        {
+            "log_id": cp.log_id.hex(),
+            "size": cp.size,
+            "root": _b64(cp.root),
+            "successor": successor.to_base64(),
+            "successor_log_id": successor.log_id_hex(),
+            "checkpoint": note.decode(),
+        }
+    )
     return 0
 
 
@@ -262,18 +274,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "retire",
         help="close the log with a final checkpoint naming its successor key",
         description="Sign the log's final checkpoint over every stored entry, naming "
-        "SUCCESSOR as the key that continues this builder's log; afterwards the log takes no "
-        "entries and signs no checkpoints. Start the node with the successor's key_file on "
-        "the same state directory to continue. Prints the final checkpoint as JSON.",
+        "NEWKEY as the key that continues this builder's log; afterwards the log takes no "
+        "entries and signs no checkpoints. With --state and --key, on a stopped node's state "
+        "directory; without them, by the running node (its control socket), which gossips "
+        "the final checkpoint at once. Start the node with the successor's key_file on the "
+        "same state directory to continue. Prints the final checkpoint as JSON.",
     )
-    p.add_argument("--state", type=Path, required=True, help="the node's state directory")
-    p.add_argument("--key", type=Path, required=True, help="the retiring log's key file")
+    p.add_argument("--state", type=Path, help="a stopped node's state directory")
+    p.add_argument("--key", type=Path, help="the retiring log's key file (with --state)")
     p.add_argument(
         "--successor",
         required=True,
         metavar="NEWKEY",
         help="the successor's base64 public key (`trustix-p2p pubkey`), or its key file",
     )
+    add_socket_args(p)
     p.set_defaults(func=cmd_retire)
 
     p = common("checkpoint", "print the latest checkpoint note, exactly as signed")

@@ -106,6 +106,14 @@ class ControlClient:
         assert isinstance(reply, protocol.CheckpointReply)
         return reply.note
 
+    def retire(self, successor: bytes) -> bytes:
+        """Retire the node's own log for `successor` (raw public key): the final checkpoint."""
+        from trustix_p2p.control import protocol
+
+        reply = self.call(protocol.RetireRequest(successor))
+        assert isinstance(reply, protocol.CheckpointReply) and reply.note is not None
+        return reply.note
+
     def lookup(self, out_path: str) -> list[protocol.LookupHit]:
         from trustix_p2p.control import protocol
 

@@ -92,6 +92,7 @@ __all__ = [
     "Refused",
     "Reply",
     "Request",
+    "RetireRequest",
     "Status",
     "StatusReply",
     "StatusRequest",
@@ -164,6 +165,14 @@ class ConsistencyRequest:
 
 
 @attrs.frozen
+class RetireRequest:
+    """Retire the node's own log: sign its final checkpoint naming `successor` (a raw
+    Ed25519 public key); the reply is that checkpoint (`CheckpointReply`)."""
+
+    successor: bytes = wire.field(_KEY)
+
+
+@attrs.frozen
 class EntriesRequest:
     """Ask for the leaves [start, start + count) of a log the node holds entries of."""
 
@@ -182,6 +191,7 @@ Request = (
     | PeersRequest
     | EvidenceListRequest
     | EvidenceRequest
+    | RetireRequest
 )
 
 # The request table: the tag each request's array starts with.
@@ -196,6 +206,7 @@ REQUESTS: Final = wire.Tagged(
         "evidence": EvidenceRequest,
         "consistency": ConsistencyRequest,
         "entries": EntriesRequest,
+        "retire": RetireRequest,
     }
 )
 
@@ -387,6 +398,7 @@ _OK_REPLY: Final[dict[type[Request], type[OkReply]]] = {
     EvidenceRequest: EvidenceReply,
     ConsistencyRequest: ConsistencyReply,
     EntriesRequest: EntriesReply,
+    RetireRequest: CheckpointReply,
 }
 # Per request class, the table of its replies.
 _REPLIES: Final[dict[type[Request], wire.Tagged]] = {
