@@ -17,8 +17,9 @@ It simulates the same network as `simulations.events_driver` (same plan, same se
 - `link_events`: "down" blocks the pair and drops its connection, "up" unblocks it and has
   `a` dial `b` at once;
 - builders submit and sign at their planned times; attacks "split-view" (builder 0 forks, its
-  twin shows the other fork to `half_b`) and "rewrite" (builder 0 restarts over a rewritten
-  log) are run; churn: late joins, and crashes that restart over the same store.
+  twin shows the other fork to `half_b`), "rewrite" (builder 0 restarts over a rewritten
+  log) and "stolen-key" (builder 0's node retires its key; the twin, a thief with the old
+  key, goes on signing) are run; churn: late joins, and crashes that restart over the same store.
 
     obs = run_trio(make_plan(load_scenario("split-view").with_overrides(nodes=100)), None)
 """
@@ -57,7 +58,7 @@ from .scenario import ScenarioError
 
 __all__ = ["ATTACKS", "SimNode", "address", "host", "run_trio"]
 
-ATTACKS = ("none", "split-view", "rewrite")
+ATTACKS = ("none", "split-view", "rewrite", "stolen-key")
 PORT = 7946
 REDIAL_INTERVAL = 1.0
 
@@ -120,7 +121,7 @@ class _Run:
         self.kind = sc.attack.kind
         self.at = sc.attack.at
         twin = plan.twin
-        attacked = self.kind in ("split-view", "rewrite")
+        attacked = self.kind in ("split-view", "rewrite", "stolen-key")
         self.obs = Observations(
             scenario=sc,
             driver="trio",
@@ -326,8 +327,8 @@ class _Run:
 
     async def _sign(self, i: int, leaves: tuple[bytes, ...], *, honest: bool) -> None:
         node = self.slots[i].node
-        if node is None or node.own is None:
-            return  # a builder that is down signs nothing
+        if node is None or node.own is None or node.own.final is not None:
+            return  # a builder that is down, or retired, signs nothing
         if leaves:
             await node.submit(leaves)
         before = node.own.log.checkpoint()
@@ -363,6 +364,23 @@ class _Run:
         built_at = int(EPOCH + self.at)
         fork_a = tuple(leaf(store_path(e, "fork-a/"), built_at) for e in range(4))
         await self._sign(0, fork_a, honest=False)
+        slot = self.slots[twin]
+        own = OwnLog.open(slot.store, slot.key, slot.checkpoints)
+        own.append(_records(prefix + list(self.plan.twin_leaves)))
+        await self._start(twin)
+        await self._sign(twin, (), honest=False)
+
+    async def _steal(self) -> None:
+        """Builder 0 retires its key (the real node's `retire`); a thief with the old key, the
+        twin, starts with its entries plus more and signs, to half B."""
+        twin = self.plan.twin
+        node = self.slots[0].node
+        assert twin is not None
+        if node is None:
+            return
+        prefix = self._leaves_of(0)
+        successor = PrivateKey.from_seed(hashlib.sha256(b"sim successor").digest()).public_key
+        self._signed(0, await node.retire(successor), honest=False)
         slot = self.slots[twin]
         own = OwnLog.open(slot.store, slot.key, slot.checkpoints)
         own.append(_records(prefix + list(self.plan.twin_leaves)))
@@ -409,6 +427,8 @@ class _Run:
             yield item(when, _START, partial(self._restart, i))
         if self.kind == "split-view":
             yield item(self.at, _ATTACK, self._split_view)
+        elif self.kind == "stolen-key":
+            yield item(self.at, _ATTACK, self._steal)
         elif self.kind == "rewrite":
             yield item(self.at, _ATTACK, self._rewrite)
         for s in plan.signings:
@@ -514,7 +534,7 @@ def run_trio(plan: Plan, progress: Callable[[float, float], None] | None = None)
     kind = plan.scenario.attack.kind
     if kind not in ATTACKS:
         raise ScenarioError(
-            "the trio driver runs the attacks none, split-view and rewrite; "
+            "the trio driver runs the attacks none, split-view, rewrite and stolen-key; "
             f"use --driver events for {kind}"
         )
     run = _Run(plan, progress)

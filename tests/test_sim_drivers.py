@@ -50,7 +50,7 @@ def hops_by_checkpoint(obs: object) -> list[int]:
     return sorted(series.hops)
 
 
-@pytest.mark.parametrize("kind", ["split-view", "rewrite"])
+@pytest.mark.parametrize("kind", ["split-view", "rewrite", "stolen-key"])
 def test_both_drivers_detect_the_same_and_count_the_same_hops(kind: str) -> None:
     sc = scenario(kind)
     events = observe(sc, "events")
