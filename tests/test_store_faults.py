@@ -467,11 +467,16 @@ def test_a_write_past_the_file_size_limit_is_refused_and_retried_later(tmp_path:
             proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
         )
         late = [f.leaf(j) for j in range(next_leaf, next_leaf + 10)]
-        indices = _submit_until_accepted(sock, late)
+        try:
+            indices = _submit_until_accepted(sock, late)
+        except NodeUnavailableError as exc:
+            err = stop(proc)
+            raise AssertionError(f"the node did not recover: {exc}\n{err}") from exc
         acked.update(zip(late, indices, strict=True))
         assert proc.poll() is None
     finally:
-        err = stop(proc)
+        if proc.stderr is not None and not proc.stderr.closed:
+            err = stop(proc)
     assert "Traceback" not in err, err
     assert "cannot write" in err and err.count("to the store (retrying") == 1
     with Store(tmp_path / "state" / "db") as store:

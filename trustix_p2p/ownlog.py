@@ -207,6 +207,9 @@ class OwnLog:
     log: LogStore
     key: PrivateKey
     checkpoint_file: CheckpointFile
+    # The final checkpoint, once the log is retired: kept in memory (set by `check` and
+    # `retire`), so asking costs no store read and is safe while the store is reopened.
+    _final: SignedCheckpoint | None = attrs.field(default=None, init=False)
 
     @classmethod
     def open(cls, store: Store, key: PrivateKey, state_dir: Path | CheckpointFile) -> OwnLog:
@@ -231,8 +234,7 @@ class OwnLog:
     @property
     def final(self) -> SignedCheckpoint | None:
         """The log's final checkpoint (it names the successor), if the log is retired."""
-        cp = self.log.checkpoint()
-        return cp if cp is not None and cp.checkpoint.successor is not None else None
+        return self._final
 
     def retired_error(self, final: SignedCheckpoint) -> LogRetiredError:
         successor = final.checkpoint.successor
@@ -274,6 +276,11 @@ class OwnLog:
 
     def check(self) -> None:
         """Refuse a store that does not hold what this builder last signed (see the module)."""
+        self._check()
+        cp = self.log.checkpoint()
+        self._final = cp if cp is not None and cp.checkpoint.successor is not None else None
+
+    def _check(self) -> None:
         path = self.checkpoint_file
         note = path.read()
         stored = self.log.checkpoint()
@@ -356,6 +363,8 @@ class OwnLog:
         signed = sign_checkpoint(cp, self.key)
         self.checkpoint_file.write(signed.note)
         self.log.set_checkpoint(signed)
+        if cp.successor is not None:
+            self._final = signed
         return signed
 
     def retire(self, successor: PublicKey, now: int) -> SignedCheckpoint:
