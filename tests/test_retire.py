@@ -442,7 +442,7 @@ async def test_nodes_follow_a_retired_log_to_its_successor(tmp_path: Path) -> No
                         and bob.store.log(old_id).size == 3
                     )
                 )
-            info = bob.engine.log_info(new_id)
+            info = await bob.executor.run(bob.engine.log_info, new_id)
             assert info is not None and (info.name, info.mode) == ("alice", "mirror")
             assert bob.engine.evidence() == []
 
@@ -580,7 +580,10 @@ async def test_a_running_node_retires_its_log_and_gossips_the_final_checkpoint_a
                         and info.successor == NEW.public_key.raw
                     )
                 )
-            assert bob.engine.log_info(NEW.public_key.log_id()) is not None
+            # Read through bob's executor, as its control socket does: the engine runs there,
+            # and the predicate above may see the head a moment before the successor is open.
+            successor = await bob.executor.run(bob.engine.log_info, NEW.public_key.log_id())
+            assert successor is not None and successor.mode == "mirror"
             with pytest.raises(NodeUnavailableError, match="retired"):
                 await alice.submit((f.leaf(9),))
             # Again with the same successor: the same checkpoint; another: refused.
