@@ -24,6 +24,7 @@ send, the stream is broken for sending.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 import os
@@ -391,6 +392,8 @@ class NoiseStream(trio.abc.HalfCloseableStream):
             return
         self._closed = True
         session = self._session
+        # The peer gone or the transport in use: then closing is all that is left.
+        gone = (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError)
         try:
             if (
                 self._peer is not None
@@ -400,11 +403,8 @@ class NoiseStream(trio.abc.HalfCloseableStream):
                 and not session.eof_sent
             ):
                 frame = session.send_eof()
-                with trio.move_on_after(self._close_timeout):
+                with trio.move_on_after(self._close_timeout), contextlib.suppress(*gone):
                     await self.transport_stream.send_all(frame)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
-            # The peer is gone or the transport is in use: closing is all that is left.
-            pass
         finally:
             self._pending = b""
             await self.transport_stream.aclose()
